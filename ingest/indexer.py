@@ -1,0 +1,257 @@
+"""Incremental ingest: files -> passages -> vectors -> Chroma, plus the lexical index.
+
+Per file, in an order that survives a kill at any point: mark the file pending in the
+manifest, delete its old passages, write the new ones, record its hash, unmark it.
+The next run deletes whatever a pending file left behind and does it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from qa_app.embedder import Embedder, make_embedder
+from qa_app.lexical import LexicalIndex
+from qa_app.schema import Passage
+from qa_app.settings import Settings
+from qa_app.store import ModelMismatchError, PassageStore, data_path
+
+from .chunking import chunk_document
+from .loaders import SkipFile, load_document
+from .manifest import FileEntry, Manifest, file_sha256
+
+log = logging.getLogger(__name__)
+
+CHUNKER_VERSION = "1"
+EMBED_BATCH = 32
+
+
+@dataclass
+class IngestReport:
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    repaired: list[str] = field(default_factory=list)
+    passages_by_file: dict[str, int] = field(default_factory=dict)  # files written this run
+    embedded: int = 0
+    total_passages: int = 0
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.updated or self.removed or self.repaired)
+
+    def summary(self) -> str:
+        lines = [
+            f"files: {len(self.added)} added, {len(self.updated)} updated, "
+            f"{len(self.removed)} removed, {len(self.unchanged)} unchanged, "
+            f"{len(self.skipped)} skipped",
+            f"passages: {self.embedded} embedded, {self.total_passages} in the index",
+            f"time: {self.seconds:.2f} s",
+        ]
+        if self.repaired:
+            lines.append(f"repaired after an interrupted run: {', '.join(self.repaired)}")
+        lines += [f"skipped {name}: {reason}" for name, reason in self.skipped]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "added": self.added, "updated": self.updated, "removed": self.removed,
+            "unchanged": self.unchanged, "repaired": self.repaired,
+            "skipped": [{"file": f, "reason": r} for f, r in self.skipped],
+            "passages_by_file": self.passages_by_file, "embedded": self.embedded,
+            "total_passages": self.total_passages, "seconds": round(self.seconds, 3),
+        }
+
+
+def manifest_path(settings: Settings) -> Path:
+    return data_path(settings, f"manifest-{settings.store.collection}.json")
+
+
+def lexical_path(settings: Settings) -> Path:
+    return data_path(settings, f"lexical-{settings.store.collection}.pkl")
+
+
+def chunking_signature(settings: Settings, embedder: Embedder) -> str:
+    c = settings.chunking
+    return f"v{CHUNKER_VERSION}:{c.max_tokens}:{c.min_chars}:{embedder.model_id}"
+
+
+def list_files(corpus: Path, extensions: list[str]) -> tuple[dict[str, Path], list[tuple[str, str]]]:
+    """Files to ingest by source name (path relative to the corpus), and skipped ones."""
+    if corpus.is_file():
+        candidates, root = [corpus], corpus.parent
+    elif corpus.is_dir():
+        candidates, root = sorted(p for p in corpus.rglob("*") if p.is_file()), corpus
+    else:
+        raise FileNotFoundError(f"no such file or folder: {corpus}")
+    files, skipped = {}, []
+    allowed = {e.lower() for e in extensions}
+    for path in candidates:
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            continue  # hidden files and folders (.git, .DS_Store) are not documents
+        if path.suffix.lower() not in allowed:
+            skipped.append((rel.as_posix(), f"unsupported type '{path.suffix or '(none)'}'"))
+            continue
+        files[rel.as_posix()] = path
+    return files, skipped
+
+
+def _progress(total: int, desc: str, unit: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False,
+                file=sys.stderr, dynamic_ncols=True)
+
+
+class Indexer:
+    def __init__(self, settings: Settings, embedder: Embedder | None = None,
+                 store: PassageStore | None = None) -> None:
+        self.settings = settings
+        self.embedder = embedder or make_embedder(settings.embedding.model, settings.embedding.threads)
+        self.store = store or PassageStore(settings, self.embedder.model_id, self.embedder.dim)
+        self.manifest_file = manifest_path(settings)
+
+    def chunk_file(self, source: str, path: Path) -> list[Passage]:
+        doc = load_document(path, max_bytes=int(self.settings.ingest.max_file_mb * 1024 * 1024))
+        doc.source = source
+        return chunk_document(
+            doc,
+            max_tokens=min(self.settings.chunking.max_tokens, self.embedder.max_tokens),
+            min_chars=self.settings.chunking.min_chars,
+            count_tokens=self.embedder.count_tokens,
+        )
+
+    def run(self, corpus: Path, *, rebuild: bool = False, progress: bool | None = None,
+            prune: bool = True,
+            on_file: Callable[[str, int, int], None] | None = None) -> IngestReport:
+        """Bring the index in line with the files under ``corpus``. With ``prune``,
+        documents no longer there are removed; without it (adding uploads), they stay."""
+        started = time.perf_counter()
+        report = IngestReport()
+        show = sys.stderr.isatty() if progress is None else progress
+        files, report.skipped = list_files(corpus, self.settings.ingest.extensions)
+        manifest = Manifest() if rebuild else Manifest.load(self.manifest_file)
+        signature = chunking_signature(self.settings, self.embedder)
+
+        if rebuild or "*" in manifest.pending:
+            self.store.reset()
+            manifest = Manifest()
+        elif manifest.model_id and manifest.model_id != self.embedder.model_id:
+            raise ModelMismatchError(
+                f"the index was built with the embedding model '{manifest.model_id}', but the "
+                f"configured model is '{self.embedder.model_id}'. Rebuild it with "
+                f"`qa ingest --rebuild`."
+            )
+        _ = self.store.collection  # refuses a collection made with another model
+        manifest.model_id = self.embedder.model_id
+        if manifest.chunking and manifest.chunking != signature:
+            manifest.files = {}  # chunking changed: every file is re-chunked
+        manifest.chunking = signature
+        self._repair(manifest, report)
+
+        removed = sorted(set(manifest.files) - set(files)) if prune else []
+        for source in removed:
+            self._replace(manifest, source, None, [])
+            report.removed.append(source)
+
+        todo = []
+        for source, path in files.items():
+            try:
+                sha = file_sha256(path)
+            except OSError as exc:
+                report.skipped.append((source, f"unreadable: {exc.strerror}"))
+                continue
+            entry = manifest.files.get(source)
+            if entry and entry.sha256 == sha:
+                report.unchanged.append(source)
+            else:
+                todo.append((source, path, sha, entry is not None))
+
+        bar = _progress(len(todo), "ingest", "file", show)
+        for i, (source, path, sha, existed) in enumerate(todo):
+            bar.set_postfix_str(source[-40:])
+            try:
+                passages = self.chunk_file(source, path)
+                if not passages:
+                    raise SkipFile("no text found")
+            except SkipFile as exc:
+                report.skipped.append((source, str(exc)))
+                if existed:  # the file went bad: its old passages no longer hold
+                    self._replace(manifest, source, None, [])
+                    report.removed.append(source)
+                bar.update(1)
+                continue
+            vectors = self._embed(passages, show)
+            self._replace(manifest, source, FileEntry(sha, len(passages), passages[0].title),
+                          passages, vectors)
+            report.embedded += len(passages)
+            report.passages_by_file[source] = len(passages)
+            (report.updated if existed else report.added).append(source)
+            bar.update(1)
+            if on_file:
+                on_file(source, i + 1, len(todo))
+        bar.close()
+
+        manifest.save(self.manifest_file)
+        if report.changed or not lexical_path(self.settings).is_file():
+            generation = self.store.bump_generation() if report.changed else self.store.generation()
+            LexicalIndex(self.store.all_passages(), generation).save(lexical_path(self.settings))
+        report.total_passages = self.store.count()
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _embed(self, passages: list[Passage], show: bool):
+        import numpy as np
+
+        texts = [p.embedding_text() for p in passages]
+        out = []
+        with _progress(len(texts), "embed", "passage", show and len(texts) > EMBED_BATCH) as bar:
+            for i in range(0, len(texts), EMBED_BATCH):
+                out.append(self.embedder.embed_passages(texts[i : i + EMBED_BATCH]))
+                bar.update(len(out[-1]))
+        return np.concatenate(out)
+
+    def _replace(self, manifest: Manifest, source: str, entry: FileEntry | None,
+                 passages: list[Passage], vectors=None) -> None:
+        """Swap a file's passages, crash-safely (see the module docstring)."""
+        manifest.pending = sorted(set(manifest.pending) | {source})
+        manifest.save(self.manifest_file)
+        self.store.delete_source(source)
+        if passages:
+            self.store.add(passages, vectors)
+        if entry is None:
+            manifest.files.pop(source, None)
+        else:
+            manifest.files[source] = entry
+        manifest.pending = [s for s in manifest.pending if s != source]
+        manifest.save(self.manifest_file)
+
+    def _repair(self, manifest: Manifest, report: IngestReport) -> None:
+        """Undo what an interrupted run left: pending files, and any passage whose file
+        the manifest does not account for."""
+        for source in list(manifest.pending):
+            self.store.delete_source(source)
+            manifest.files.pop(source, None)
+            report.repaired.append(source)
+        manifest.pending = []
+        if self.store.count() != manifest.passages:
+            counts = self.store.source_counts()
+            for source, n in counts.items():
+                entry = manifest.files.get(source)
+                if entry is None or entry.passages != n:
+                    self.store.delete_source(source)
+                    manifest.files.pop(source, None)
+                    if source not in report.repaired:
+                        report.repaired.append(source)
+            for source in set(manifest.files) - set(counts):
+                manifest.files.pop(source)  # recorded but absent from the store
+        if report.repaired:
+            manifest.save(self.manifest_file)

