@@ -20,11 +20,17 @@ def _settings(args):
     from .settings import load_settings
 
     settings = load_settings(args.config)
-    logging.basicConfig(
-        level="DEBUG" if args.verbose else settings.log_level,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging("DEBUG" if args.verbose else settings.log_level)
     return settings
+
+
+def configure_logging(level: str) -> None:
+    """Quiet by default. The level is set on the handler too: some libraries (bm25s)
+    set their own loggers to DEBUG, which a root-logger level alone does not stop."""
+    handler = logging.StreamHandler()
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 def cmd_ingest(args, settings) -> int:
@@ -62,6 +68,120 @@ def cmd_search(args, settings) -> int:
     return EXIT_OK
 
 
+def _print_sources(answer) -> None:
+    if not answer.citations:
+        return
+    print("\nSources:")
+    for c in answer.citations:
+        p = c.passage
+        where = " · ".join(x for x in (p.section, f"§ {p.para_no}" if p.para_no else "") if x)
+        flag = " (inferred)" if c.inferred else ""
+        print(f"[{c.marker}] {p.title}" + (f" — {where}" if where else "") + f"{flag}  ({p.id})")
+        print(f"    « {' '.join(c.support.split())} »")
+
+
+def cmd_ask(args, settings) -> int:
+    from .answering import Done, Token
+    from .service import QAService
+
+    service = QAService(settings)
+    if service.store.count() == 0:
+        print("the index is empty: run `qa ingest` first", file=sys.stderr)
+        return EXIT_INDEX
+    mode = "extractive" if args.no_llm else None
+    try:
+        events = service.ask_stream(args.question, mode=mode, k=args.k, sources=args.doc or None)
+        answer = None
+        for event in events:
+            if isinstance(event, Token) and not args.json:
+                print(event.text, end="", flush=True)
+            elif isinstance(event, Done):
+                answer = event.answer
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps(answer.to_dict(), ensure_ascii=False, indent=1))
+        return EXIT_OK
+    if answer.mode != "generated":
+        print(answer.text, end="")  # extractive and abstained answers arrive whole
+    print()
+    if answer.notice:
+        print(f"({answer.notice})")
+    _print_sources(answer)
+    return EXIT_OK
+
+
+def cmd_eval(args, settings) -> int:
+    from .evaluation import format_summary, print_progress, run_eval
+    from .service import QAService
+
+    dataset = Path(args.dataset)
+    if not dataset.is_file():
+        print(f"error: no such dataset: {dataset}", file=sys.stderr)
+        return EXIT_USAGE
+    service = QAService(settings)
+    if service.store.count() == 0:
+        print("the index is empty: run `qa ingest` first", file=sys.stderr)
+        return EXIT_INDEX
+    try:
+        out = run_eval(service, dataset, mode="extractive" if args.no_llm else None,
+                       progress=print_progress)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    Path(args.output).write_text(json.dumps(out, ensure_ascii=False, indent=1), encoding="utf-8")
+    if "summary" in out:
+        print(format_summary(out["summary"]))
+    print(f"wrote {args.output}")
+    return EXIT_OK
+
+
+def cmd_serve(args, settings) -> int:
+    """Bring the index of corpus_dir up to date (with progress), then start the web app."""
+    from .app import launch, uploads_dir
+    from .service import QAService
+
+    if args.host:
+        settings.app.host = args.host
+    if args.port:
+        settings.app.port = args.port
+    service = QAService(settings)
+    corpus = settings.resolve(settings.corpus_dir)
+    show = False if args.quiet else True
+    if corpus.exists():
+        print(f"checking the index of {corpus} (new or changed files are indexed first)…",
+              file=sys.stderr, flush=True)
+        # prune=False: documents uploaded through the app are not in corpus_dir and stay.
+        report = service.ingest(corpus, prune=False, progress=show)
+        print(report.summary(), file=sys.stderr, flush=True)
+    elif service.store.count() == 0:
+        print(f"error: the corpus folder {corpus} does not exist and the index is empty; "
+              f"set corpus_dir in {settings.source} or run from the project folder",
+              file=sys.stderr)
+        return EXIT_FAIL
+    else:
+        print(f"warning: the corpus folder {corpus} does not exist; serving the existing index",
+              file=sys.stderr)
+    uploads = uploads_dir(settings)
+    if uploads.is_dir() and any(uploads.iterdir()):
+        report = service.ingest(uploads, prune=False, progress=show)
+        if report.changed:
+            print("uploads: " + report.summary().splitlines()[0], file=sys.stderr)
+    host, port = settings.app.host, settings.app.port
+    print(f"starting the app at http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port} "
+          f"(Ctrl+C to stop)", file=sys.stderr, flush=True)
+    try:
+        launch(settings, service, quiet=args.quiet, inbrowser=args.open)
+    except ValueError as exc:  # e.g. a non-loopback address without a login
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"error: cannot start the app on {host}:{port}: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qa", description="Offline, citation-grounded question answering over documents."
@@ -84,6 +204,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only this document (file name as ingested); repeatable")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("serve", help="index corpus_dir if needed, then start the web app")
+    p.add_argument("--host", help="bind address (default: app.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: app.port, 7860)")
+    p.add_argument("--open", action="store_true", help="open the app in a browser")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("ask", help="answer a question with cited passages")
+    p.add_argument("question")
+    p.add_argument("--json", action="store_true", help="print the whole answer as JSON")
+    p.add_argument("--no-llm", action="store_true", help="extractive answer, no language model")
+    p.add_argument("-k", type=int, default=None, help="passages retrieved (default: retrieval.top_k)")
+    p.add_argument("--doc", action="append", metavar="SOURCE",
+                   help="only this document (file name as ingested); repeatable")
+    p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("eval", help="run a question set through the pipeline and score it")
+    p.add_argument("--dataset", default=str(Path("eval") / "dev.jsonl"),
+                   help="JSONL questions (default: eval/dev.jsonl)")
+    p.add_argument("--output", default="eval-results.json", help="results JSON to write")
+    p.add_argument("--no-llm", action="store_true", help="extractive answers only")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

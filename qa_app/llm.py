@@ -265,11 +265,15 @@ class LLMClient:
     def _is_ollama(self) -> bool:
         if self._ollama is None:
             try:
-                resp = self._http.get(f"{self._root()}/api/version", timeout=PROBE_TIMEOUT)
-                payload = resp.json() if resp.status_code == 200 else {}
-                self._ollama = isinstance(payload, dict) and "version" in payload
-            except (httpx.HTTPError, ValueError):
+                resp = self._http.get(f"{self._root()}/api/version", headers=self._headers(),
+                                      timeout=PROBE_TIMEOUT)
+            except httpx.HTTPError:
                 return False  # unreachable: not cached, the chat request reports the failure
+            try:
+                payload = resp.json() if resp.status_code == 200 else {}
+            except ValueError:
+                payload = {}
+            self._ollama = isinstance(payload, dict) and "version" in payload
         return self._ollama
 
     def _first_model(self) -> str:

@@ -52,8 +52,11 @@ class StoreSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     ssl: bool = False
-    # Name of the environment variable holding a token sent as "Authorization: Bearer ...".
+    # Name of the environment variable holding a token for the server (or a proxy before it).
     auth_token_env: str = "QA_CHROMA_TOKEN"
+    # How the token is sent: "Authorization" ("Authorization: Bearer <token>") or
+    # "X-Chroma-Token" ("X-Chroma-Token: <token>"), Chroma's two token transports.
+    auth_header: Literal["Authorization", "X-Chroma-Token"] = "Authorization"
     batch_size: int = Field(1000, ge=1)
 
 

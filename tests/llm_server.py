@@ -165,7 +165,8 @@ def _handler(fake: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
 
         def _stream(self, answer: str, native: bool, mode: str) -> None:
             self.send_response(200)
-            self.send_header("Content-Type", "application/x-ndjson" if native else "text/event-stream")
+            kind = "application/x-ndjson" if native else "text/event-stream"
+            self.send_header("Content-Type", kind)
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             tokens = _tokens(answer)
