@@ -495,7 +495,7 @@ def _line_pieces(u: _Unit) -> list[str]:
     return out
 
 
-def _heading_rank(text: str, st: _Stats, indent: int, explicit: bool) -> int | None:
+def _heading_rank(text: str) -> int | None:
     """Rank from the text itself: annex 0, roman 2, keyword 2, letter 3, arabic 4; None if no signal."""
     if _ANNEX_RE.match(text):
         return 0
@@ -612,7 +612,7 @@ def _classify(u: _Unit, st: _Stats) -> None:
     if md:
         u.kind, u.explicit = "heading", True
         u.parts = _heading_parts(u)
-        rank = _heading_rank(u.parts[-1] if u.parts else t, st, u.indent, True)
+        rank = _heading_rank(u.parts[-1] if u.parts else t)
         u.rank = md if rank is None else rank  # refined in _resolve_md_levels
         u.numbered, u.para_no, u.marker = False, "", False
         return
@@ -631,7 +631,7 @@ def _classify(u: _Unit, st: _Stats) -> None:
     else:
         return
     u.numbered, u.para_no, u.marker = False, "", False
-    rank = _heading_rank(u.parts[-1] if len(u.parts) == 1 else u.parts[0], st, u.indent, u.explicit)
+    rank = _heading_rank(u.parts[-1] if len(u.parts) == 1 else u.parts[0])
     if rank is None:
         rank = 1 if (u.explicit or not st.indented or u.indent >= 2) else 5
     u.rank = rank
@@ -642,13 +642,13 @@ def _resolve_md_levels(units: list[_Unit]) -> None:
     levels: dict[int, set[int]] = {}
     for u in units:
         if u.kind == "heading" and u.lines[0].md_level:
-            r = _heading_rank(u.parts[-1] if u.parts else u.plain, _Stats(0, False), 0, True)
+            r = _heading_rank(u.parts[-1] if u.parts else u.plain)
             if r:
                 levels.setdefault(r, set()).add(u.lines[0].md_level)
     trusted = all(len(v) == 1 for v in levels.values())
     for u in units:
         if u.kind == "heading" and u.lines[0].md_level:
-            r = _heading_rank(u.parts[-1] if u.parts else u.plain, _Stats(0, False), 0, True)
+            r = _heading_rank(u.parts[-1] if u.parts else u.plain)
             if trusted:
                 u.rank = u.lines[0].md_level
             else:
@@ -756,7 +756,7 @@ def _title_from_units(units: list[_Unit], source: str) -> str:
                     heads.append((i, p, u))
     def plain_head(p: str) -> bool:
         return not (_ANNEX_RE.match(p) or _LETTER_RE.match(p) or _KEYWORD_HEAD_RE.match(p)
-                    or _heading_rank(p, _Stats(0, False), 0, False) in (2, 3, 4))
+                    or _heading_rank(p) in (2, 3, 4))
     # 1. an annexed declaration/act: first document-type heading after an annex heading
     annex_at = next((i for i, p, _ in heads if _ANNEX_RE.match(p)), None)
     if annex_at is not None:

@@ -26,8 +26,9 @@ from .manifest import FileEntry, Manifest, file_sha256
 
 log = logging.getLogger(__name__)
 
-CHUNKER_VERSION = "1"
+CHUNKER_VERSION = "2"
 EMBED_BATCH = 32
+HEADER_TOKENS = 96
 
 
 @dataclass
@@ -124,7 +125,9 @@ class Indexer:
         doc.source = source
         return chunk_document(
             doc,
-            max_tokens=min(self.settings.chunking.max_tokens, self.embedder.max_tokens),
+            # Room for the title/section header that embedding_text() puts in front.
+            max_tokens=min(self.settings.chunking.max_tokens,
+                           self.embedder.max_tokens - HEADER_TOKENS),
             min_chars=self.settings.chunking.min_chars,
             count_tokens=self.embedder.count_tokens,
         )

@@ -249,3 +249,35 @@ def test_html(tmp_path, ext):
 def test_html_without_text_is_skipped(tmp_path):
     with pytest.raises(SkipFile, match="no text content"):
         load_document(write(tmp_path, "e.html", b"<html><script>var a=1;</script></html>"))
+
+
+def test_docx_word_auto_numbering_is_printed(tmp_path):
+    """UN .docx number paragraphs with Word numbering: the "1." must reach the text."""
+    import docx
+    from docx.oxml import OxmlElement
+    from docx.oxml.ns import qn
+
+    d = docx.Document()
+    fmt = {}
+    root = d.part.numbering_part.element
+    abstract = {a.get(qn("w:abstractNumId")): a for a in root.findall(qn("w:abstractNum"))}
+    for num in root.findall(qn("w:num")):
+        a = abstract[num.find(qn("w:abstractNumId")).get(qn("w:val"))]
+        lvl0 = [lv for lv in a.findall(qn("w:lvl")) if lv.get(qn("w:ilvl")) == "0"][0]
+        fmt[num.get(qn("w:numId"))] = lvl0.find(qn("w:numFmt")).get(qn("w:val"))
+    num_id = next(k for k, v in fmt.items() if v == "decimal")
+    d.add_paragraph("Décisions du comité")
+    for t in ("Le comité adopte son ordre du jour provisoire tel qu’il a été distribué.",
+              "Le comité décide de se réunir de nouveau au cours de la session suivante."):
+        p = d.add_paragraph(t)
+        num_pr = OxmlElement("w:numPr")
+        for tag, val in (("w:ilvl", "0"), ("w:numId", num_id)):
+            el = OxmlElement(tag)
+            el.set(qn("w:val"), val)
+            num_pr.append(el)
+        p._p.get_or_add_pPr().append(num_pr)
+    path = tmp_path / "num.docx"
+    d.save(path)
+    doc = load_document(path)
+    assert "1. Le comité adopte" in doc.text and "2. Le comité décide" in doc.text
+    assert [p.para_no for p in chunk_document(doc)] == ["1", "2"]
