@@ -227,22 +227,22 @@ def cached_vectors(cache: Path, name: str, model_id: str, texts: list[str], embe
             have = np.zeros((0, 0), np.float32)
     todo = texts[len(have):]
     log(f"embedding {len(todo)} texts for '{name}' once (cached in {cache})…")
+    cache.mkdir(parents=True, exist_ok=True)
     started, parts = time.perf_counter(), [have] if len(have) else []
     for i in range(0, len(todo), 32):
         parts.append(embed(todo[i : i + 32]))
-        if (i // 32) % 10 == 9:
-            log(f"  {i + 32}/{len(todo)} ({time.perf_counter() - started:.0f} s)")
-    have = np.concatenate(parts).astype(np.float32)
-    cache.mkdir(parents=True, exist_ok=True)
-    np.save(vec_path, have)
-    meta_path.write_text(json.dumps({"model_id": model_id, "keys": keys}))
+        if (i // 32) % 5 == 4 or i + 32 >= len(todo):  # saved as it goes: a kill loses little
+            have = np.concatenate(parts).astype(np.float32)
+            parts = [have]
+            np.save(vec_path, have)
+            meta_path.write_text(json.dumps({"model_id": model_id, "keys": keys[: len(have)]}))
+            log(f"  {len(have)}/{len(texts)} ({time.perf_counter() - started:.0f} s)")
     return have
 
 
 # ------------------------------------------------------------------ workers (subprocesses)
 def worker_ingest(p: dict) -> dict:
     """Seed ingest vs raw embedding on the same texts, and unchanged re-ingest."""
-    from ingest.indexer import EMBED_BATCH
     from qa_app.components import Components
     from qa_app.embedder import make_embedder
 
@@ -264,9 +264,10 @@ def worker_ingest(p: dict) -> dict:
             by_source.setdefault(q.source, []).append(q.embedding_text())
         log(f"ingest round {r + 1}: raw embed_passages on the same {len(passages)} texts…")
         t0 = time.perf_counter()
-        for texts in by_source.values():  # the indexer's batching: per file, EMBED_BATCH
-            for i in range(0, len(texts), EMBED_BATCH):
-                embedder.embed_passages(texts[i : i + EMBED_BATCH])
+        step = settings.embedding.batch_size
+        for texts in by_source.values():  # the indexer's batching: per file, batch_size
+            for i in range(0, len(texts), step):
+                embedder.embed_passages(texts[i : i + step])
         raw_s = time.perf_counter() - t0
         rounds.append({"passages": report.embedded, "ingest_s": ingest_s, "raw_s": raw_s,
                        "ingest_pps": report.embedded / ingest_s,
@@ -495,8 +496,10 @@ class LLMServerProcess:
 
     def __enter__(self) -> str:
         env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+        # stderr: the server logs clients that hang up (the LLM client's probe) as errors.
         self.proc = subprocess.Popen([sys.executable, "-c", self.SCRIPT], env=env, text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL)
         return self.proc.stdout.readline().strip()
 
     def __exit__(self, *exc) -> None:
@@ -672,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
         pool_path, vec_path = work / "pool.json", work / "pool.npy"
         pool_path.write_text(json.dumps(pool, ensure_ascii=False), encoding="utf-8")
         np.save(vec_path, pool_vecs)
-        res["fidelity"] = fidelity(model_id, cache, pool, pool_vecs, 500 if quick else 2000,
+        res["fidelity"] = fidelity(model_id, cache, pool, pool_vecs, 300 if quick else 2000,
                                    embedder_factory)
         f = res["fidelity"]
         log(f"derived vectors: cosine to real {f['cos_mean']:.3f}, top-10 kept {f['top10_overlap']:.0%}")

@@ -27,7 +27,6 @@ from .manifest import FileEntry, Manifest, file_sha256
 log = logging.getLogger(__name__)
 
 CHUNKER_VERSION = "2"
-EMBED_BATCH = 32
 HEADER_TOKENS = 96
 
 
@@ -215,10 +214,11 @@ class Indexer:
         import numpy as np
 
         texts = [p.embedding_text() for p in passages]
+        step = self.settings.embedding.batch_size
         out = []
-        with _progress(len(texts), "embed", "passage", show and len(texts) > EMBED_BATCH) as bar:
-            for i in range(0, len(texts), EMBED_BATCH):
-                out.append(self.embedder.embed_passages(texts[i : i + EMBED_BATCH]))
+        with _progress(len(texts), "embed", "passage", show and len(texts) > step) as bar:
+            for i in range(0, len(texts), step):
+                out.append(self.embedder.embed_passages(texts[i : i + step]))
                 bar.update(len(out[-1]))
         return np.concatenate(out)
 

@@ -52,9 +52,8 @@ EXAMPLES = [
     "Which energy issue does the 2006 CICA summit declaration call a priority?",
 ]
 PLACEHOLDER = (
-    "**Ask a question about the indexed documents**, in French or English.  \n"
-    "Every answer cites its sources: click a marker such as [1] to read the passage in "
-    "its document. Try an example below."
+    "**Ask a question about the documents**, in French or English. Every answer cites "
+    "its sources: click a marker such as [1] to read the passage in its document."
 )
 _MARKER = re.compile(r"\[(\d{1,3})\]")
 _TAG = re.compile(r"<[^>]*>")
@@ -247,7 +246,10 @@ def sources_html(answer: Answer | None) -> str:
                 'by the answer appear here, with the supporting sentence highlighted.</p></div>')
     cited_ids = set()
     cards = []
+    shown = {int(n) for n in _MARKER.findall(answer.text)}
     for c in answer.citations:
+        if c.marker not in shown:
+            continue
         cited_ids.add(c.passage.id)
         cards.append(passage_card(c.passage, marker=c.marker, support=c.support,
                                   inferred=c.inferred, anchor=f"cite-{c.marker}"))
@@ -260,7 +262,7 @@ def sources_html(answer: Answer | None) -> str:
     if others:
         out.append(f'<details class="qa-more"><summary>Other retrieved passages ({len(others)})'
                    f'</summary><ol class="qa-cards">')
-        out.extend(passage_card(sp.passage, score=sp.score) for sp in others)
+        out.extend(passage_card(sp.passage) for sp in others)
         out.append("</ol></details>")
     out.append("</div>")
     return "".join(out)
@@ -272,14 +274,15 @@ def results_html(results: list[ScoredPassage], query: str) -> str:
     if not results:
         return (f'<div class="qa-panel"><p class="qa-empty">No passage found for '
                 f'“{esc(query)}”.</p></div>')
-    cards = "".join(passage_card(r.passage, marker=i, score=r.score)
+    cards = "".join(passage_card(r.passage, marker=i)
                     for i, r in enumerate(results, 1))
     return (f'<div class="qa-panel"><h3>{len(results)} passages for “{esc(query)}”</h3>'
             f'<ol class="qa-cards">{cards}</ol></div>')
 
 
 def _para_html(p: Passage, cls: str, inner: str, extra: str = "") -> str:
-    pno = f'<span class="pno">§&nbsp;{esc(p.para_no)}</span>' if p.para_no else ""
+    printed = p.para_no and re.match(rf"\s*\(?{re.escape(p.para_no)}[.)]", p.text)
+    pno = f'<span class="pno">§&nbsp;{esc(p.para_no)}</span>' if p.para_no and not printed else ""
     return (f'<div class="qa-para {cls}" data-pid="{esc(p.id)}"{extra}>{pno}'
             f'<span class="qa-text">{inner}</span></div>')
 
@@ -299,7 +302,9 @@ def document_html(doc: list[Passage], *, target: str = "", support: str = "",
     if idx is not None:
         head += f' · <span class="where">passage {idx + 1} of {len(doc)}</span>'
     head += "</div>"
-    out = ['<div class="qa-viewer">', head]
+    title = "Passage in its document" if around is not None else "Document"
+    out = [f'<div class="qa-viewer" role="region" aria-label="{title}">',
+           f'<h3 class="viewer-title">{title}</h3>', head]
     if lo > 0:
         out.append(f'<p class="qa-empty">… {lo} passages before</p>')
     section = None
@@ -494,26 +499,24 @@ def build_app(service: QAService) -> gr.Blocks:
             gr.HTML("<h1>Document Q&amp;A</h1>", elem_id="app-title", padding=False)
         status = gr.HTML(status_html(service), elem_id="status")
 
-        with gr.Tabs(elem_id="tabs") as tabs:
+        with gr.Tabs(elem_id="tabs", overflow_behavior="wrap") as tabs:
             # ---------------------------------------------------------------- chat
             with gr.Tab("Chat", id="chat", elem_id="chat-tab"):
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=3, min_width=320):
                         chatbot = gr.Chatbot(
-                            label="Conversation", elem_id="chatbot", height=520,
+                            label="Conversation", show_label=False, elem_id="chatbot",
+                            height=520,
                             placeholder=PLACEHOLDER, examples=[{"text": q} for q in EXAMPLES],
                             latex_delimiters=[], feedback_options=None, buttons=["copy"],
                             autoscroll=True,
                         )
-                        with gr.Row(equal_height=True):
-                            question = gr.Textbox(
-                                label="Your question", elem_id="question", lines=1, max_lines=6,
-                                placeholder="Ask about the documents… (Enter to send)",
-                                scale=5, min_width=200, autofocus=True,
-                                max_length=settings.answer.max_question_chars,
-                            )
-                            send = gr.Button("Send", variant="primary", elem_id="send",
-                                             scale=1, min_width=80)
+                        question = gr.Textbox(
+                            label="Your question", elem_id="question", lines=1, max_lines=6,
+                            placeholder="Ask about the documents… (Enter to send)",
+                            autofocus=True, submit_btn="Send",
+                            max_length=settings.answer.max_question_chars,
+                        )
                         with gr.Row():
                             stop = gr.Button("Stop", elem_id="stop", size="sm", min_width=80)
                             clear = gr.Button("Clear conversation", elem_id="clear", size="sm",
@@ -690,8 +693,6 @@ def build_app(service: QAService) -> gr.Blocks:
         chat_outputs = [chatbot, sources, question, last_supports]
         submit_ev = question.submit(respond, chat_inputs, chat_outputs, api_name="chat",
                                     show_progress="hidden")
-        send_ev = send.click(respond, chat_inputs, chat_outputs, api_visibility="private",
-                             show_progress="hidden")
 
         def example(evt: gr.SelectData):
             value = evt.value
@@ -699,9 +700,9 @@ def build_app(service: QAService) -> gr.Blocks:
 
         ex_ev = chatbot.example_select(example, None, question, api_visibility="private").then(
             respond, chat_inputs, chat_outputs, api_visibility="private", show_progress="hidden")
-        stop.click(None, None, None, cancels=[submit_ev, send_ev, ex_ev])
+        stop.click(None, None, None, cancels=[submit_ev, ex_ev])
         clear.click(clear_chat, None, [chatbot, sources, chat_viewer, last_supports, question],
-                    cancels=[submit_ev, send_ev, ex_ev], api_visibility="private")
+                    cancels=[submit_ev, ex_ev], api_visibility="private")
 
         chat_open_btn.click(open_in_chat, [chat_open_pid, last_supports], chat_viewer,
                             api_visibility="private", show_progress="hidden").then(

@@ -114,10 +114,21 @@ def test_chat_streams_a_cited_answer_and_opens_the_cited_passage(app_server, mak
     _ask(page, FR_QUESTION)
     cite = page.locator("#chatbot a.cite").first
     cite.wait_for()
+    page.locator("#chatbot .qa-answer .qa-mode").wait_for()  # the final answer is shown
     answer = page.locator("#chatbot .qa-answer").last.inner_text()
     assert "Thaïlande" in answer
-    assert page.locator("#sources .qa-card").count() >= 1
-    assert page.locator("#sources mark").first.is_visible()
+    # the sources panel lists exactly the cited passages, supporting sentence highlighted
+    cited = page.locator("#chatbot .qa-answer").last.locator("a.cite")
+    cited_pids = {cited.nth(i).get_attribute("href") for i in range(cited.count())}
+    cards = page.locator("#sources .qa-panel > ol.qa-cards > li.qa-card")
+    assert cards.count() == len(cited_pids) >= 1
+    for i in range(cards.count()):
+        card = cards.nth(i)
+        assert card.locator("a.open-passage").get_attribute("href") in cited_pids
+        assert card.locator("mark").first.is_visible()
+    # screen readers get the visible text of the message, not its HTML
+    label = page.locator('#chatbot [data-testid="bot"]').last.get_attribute("aria-label")
+    assert label.startswith("Answer: ") and "<" not in label
 
     cite.click()
     target = page.locator("#chat-viewer #passage-target")

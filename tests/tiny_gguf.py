@@ -83,8 +83,15 @@ def write_tiny_gguf(
     n_ff: int = 128,
     n_ctx_train: int = 4096,
     seed: int = 0,
+    plain_output: bool = True,
 ) -> Path:
-    """Write the model to ``path`` and return it. Sizes are small by default (~0.2 MB)."""
+    """Write the model to ``path`` and return it. Sizes are small by default (~0.3 MB).
+
+    ``plain_output``: the output rows of the control and byte tokens are zero, so their logit
+    is 0 while the ordinary pieces' logits spread around it: with the usual sampling (low
+    temperature, top-k) the model writes only ordinary pieces, never ``</s>``. A generation
+    then always runs to ``max_tokens`` and its text is never empty (nor invalid UTF-8), which
+    makes the tests that stream from it deterministic."""
     import gguf
 
     if n_embd % n_head or n_head % n_head_kv or (n_embd // n_head) % 2:
@@ -126,7 +133,10 @@ def write_tiny_gguf(
 
     writer.add_tensor("token_embd.weight", matrix(n_vocab, n_embd))
     writer.add_tensor("output_norm.weight", norm())
-    writer.add_tensor("output.weight", matrix(n_vocab, n_embd))
+    output = matrix(n_vocab, n_embd)
+    if plain_output:
+        output[[i for i, t in enumerate(types) if t != int(gguf.TokenType.NORMAL)]] = 0
+    writer.add_tensor("output.weight", output)
     for i in range(n_layer):
         blk = f"blk.{i}"
         writer.add_tensor(f"{blk}.attn_norm.weight", norm())

@@ -47,4 +47,24 @@
     },
     true
   );
+
+  // Gradio labels each chat message with its raw content, which is HTML here: give
+  // screen readers the visible text instead.
+  let pending = false;
+  function relabel() {
+    pending = false;
+    document.querySelectorAll('#chatbot [data-testid="bot"], #chatbot [data-testid="user"]')
+      .forEach((el) => {
+        const label = el.getAttribute("aria-label") || "";
+        if (label && label === el.dataset.qaLabel) return;
+        const who = el.getAttribute("data-testid") === "user" ? "Question: " : "Answer: ";
+        const text = who + (el.innerText || "").replace(/\s+/g, " ").trim().slice(0, 600);
+        el.dataset.qaLabel = text;
+        el.setAttribute("aria-label", text);
+      });
+  }
+  new MutationObserver(() => {
+    if (!pending) { pending = true; window.requestAnimationFrame(relabel); }
+  }).observe(document.body, { subtree: true, childList: true, characterData: true,
+                              attributes: true, attributeFilter: ["aria-label"] });
 }
