@@ -9,15 +9,17 @@ one-process lock is released between steps).
 
 The synthetic corpus (1k, 10k, 100k passages) is French text recombined from the seed
 passages: each synthetic paragraph joins 2-4 seed sentences picked at random, 40 numbered
-paragraphs to a file. The default embedder does ~10 passages/s on 2 cores, so 100k texts
-cannot be embedded. Instead every distinct seed sentence is embedded once for real (cached
-in the cache dir), and a synthetic passage's vector is the normalised mean of its
-sentences' real vectors plus a little noise. How close that is to the real thing is
+paragraphs to a synthetic file. The default embedder does ~10 passages/s on 2 cores, so
+100k texts cannot be embedded. Instead every distinct seed sentence is embedded once for
+real (cached in the cache dir), and a synthetic passage's vector is the normalised mean of
+its sentences' real vectors plus a little noise. How close that is to the real thing is
 measured on every run: a sample of synthetic passages is also embedded for real (cached),
 and the table reports the mean cosine between derived and real vectors and how many of
-the real top-10 neighbours of the dev questions the derived vectors keep. The stores are
-built by the real Indexer (loaders, chunker, manifest, Chroma, BM25) with an embedder that
-returns those derived vectors; queries are embedded by the real model.
+the real top-10 neighbours of the dev questions the derived vectors keep. The passages are
+written the way the indexer writes them after embedding (PassageStore.add, generation
+bump, BM25 index built and cached; not through the chunker, whose token counting alone
+would take ~10 minutes at 100k); queries are embedded by the real model and searched with
+the real Retriever.
 """
 
 from __future__ import annotations
@@ -133,19 +135,24 @@ def synthetic_paragraphs(pool: list[str], n: int) -> list[list[int]]:
     return out
 
 
-def write_corpus(folder: Path, pool: list[str], titles: list[str], n: int) -> int:
-    """n synthetic passages as .txt files of PARAS_PER_FILE numbered paragraphs."""
-    folder.mkdir(parents=True, exist_ok=True)
+def synthetic_passages(pool: list[str], titles: list[str], n: int, start: int = 0,
+                       stop: int | None = None):
+    """Passages [start, stop) of the n-passage synthetic corpus: PARAS_PER_FILE numbered
+    paragraphs per file, as the chunker makes them from a numbered document. Returns the
+    passages and, for each, the pool indices of its sentences."""
+    from qa_app.schema import Passage, passage_id
+
     paras = synthetic_paragraphs(pool, n)
-    files = 0
-    for f in range(0, n, PARAS_PER_FILE):
-        title = f"{titles[(f // PARAS_PER_FILE) % len(titles)]} — synthèse {f // PARAS_PER_FILE:05d}"
-        body = [f"{j + 1}. " + " ".join(pool[i] for i in idx)
-                for j, idx in enumerate(paras[f : f + PARAS_PER_FILE])]
-        (folder / f"synth-{f // PARAS_PER_FILE:05d}.txt").write_text(
-            title + "\n\n" + "\n\n".join(body) + "\n", encoding="utf-8")
-        files += 1
-    return files
+    out, idx = [], []
+    for i in range(start, n if stop is None else min(stop, n)):
+        f, j = divmod(i, PARAS_PER_FILE)
+        source = f"synth-{f:05d}.txt"
+        text = " ".join(pool[k] for k in paras[i])
+        out.append(Passage(id=passage_id(source, j), source=source,
+                           title=f"{titles[f % len(titles)]} — synthèse {f:05d}", section="",
+                           para_no=str(j + 1), text=text, start=0, end=len(text), position=j))
+        idx.append(paras[i])
+    return out, idx
 
 
 def derive(pool_vecs: np.ndarray, idx: list[int], key: str) -> np.ndarray:
@@ -153,35 +160,6 @@ def derive(pool_vecs: np.ndarray, idx: list[int], key: str) -> np.ndarray:
     v = pool_vecs[idx].mean(axis=0) if idx else rng.standard_normal(pool_vecs.shape[1])
     v = v + rng.normal(0.0, NOISE, size=v.shape)
     return (v / np.linalg.norm(v)).astype(np.float32)
-
-
-class DerivedEmbedder:
-    """The real embedder for queries and token counts; passages get derived vectors."""
-
-    def __init__(self, real, pool: list[str], pool_vecs: np.ndarray) -> None:
-        self.real = real
-        self.model_id, self.dim, self.max_tokens = real.model_id, real.dim, real.max_tokens
-        self.index = {s: i for i, s in enumerate(pool)}
-        self.pool_vecs = pool_vecs
-        self.sentences = self.unknown = 0
-
-    def embed_passages(self, texts: list[str]) -> np.ndarray:
-        out = np.empty((len(texts), self.dim), np.float32)
-        for row, text in enumerate(texts):
-            lines = text.split("\n", 1)
-            body = lines[1] if len(lines) > 1 else text  # drop the "title — section" line
-            found = [self.index.get(s) for s in sentences_of(body)]
-            known = [i for i in found if i is not None]
-            self.sentences += len(found)
-            self.unknown += len(found) - len(known)
-            out[row] = derive(self.pool_vecs, known, text)
-        return out
-
-    def embed_queries(self, texts: list[str]) -> np.ndarray:
-        return self.real.embed_queries(texts)
-
-    def count_tokens(self, text: str) -> int:
-        return self.real.count_tokens(text)
 
 
 class CachedQueries:
@@ -288,33 +266,44 @@ def worker_ingest(p: dict) -> dict:
 
 
 def worker_scale(p: dict) -> dict:
-    """Build a store of n synthetic passages with the real Indexer, then time searches."""
+    """Write n synthetic passages to a fresh store the way the indexer does after embedding
+    (store.add in store.batch_size batches, bump the generation, build and save the BM25
+    index), then time searches with the real Retriever."""
+    from ingest.indexer import lexical_path
     from qa_app.components import Components
     from qa_app.embedder import make_embedder
+    from qa_app.lexical import LexicalIndex
 
-    n, data_dir, corpus = p["n"], Path(p["data_dir"]), Path(p["corpus"])
+    n, data_dir = p["n"], Path(p["data_dir"])
     settings = base_settings(data_dir)
-    real = make_embedder(settings.embedding.model, settings.embedding.threads)
     pool = json.loads(Path(p["pool"]).read_text(encoding="utf-8"))
-    derived = DerivedEmbedder(real, pool, np.load(p["pool_vecs"]))
-    comps = Components(settings, embedder=derived)
+    pool_vecs = np.load(p["pool_vecs"])
+    real = make_embedder(settings.embedding.model, settings.embedding.threads)
+    comps = Components(settings, embedder=real)
+    store = comps.store
     rss_before = peak_rss_mb()
-    log(f"{n:>7} passages: ingesting {len(list(corpus.iterdir()))} files with the real indexer…")
+    log(f"{n:>7} passages: writing the store…")
     t0 = time.perf_counter()
-    report = comps.indexer.run(corpus, progress=False)
+    step = settings.store.batch_size
+    for i in range(0, n, step):
+        passages, idx = synthetic_passages(pool, p["titles"], n, i, i + step)
+        vectors = np.stack([derive(pool_vecs, k, q.id) for q, k in zip(passages, idx)])
+        store.add(passages, vectors)
+    write_s = time.perf_counter() - t0
+    generation = store.bump_generation()
+    LexicalIndex(store.all_passages(), generation).save(lexical_path(settings))
     ingest_s = time.perf_counter() - t0
     rss_ingest = peak_rss_mb()
-    count = comps.store.count()
+    count = store.count()
     log(f"{n:>7} passages: {count} in the store after {ingest_s:.1f} s "
         f"(peak RSS {rss_ingest:.0f} MiB); timing searches…")
 
     questions = dev_questions()
-    out = {"n": n, "passages": count, "files": len(report.added), "ingest_s": ingest_s,
-           "ingest_pps_no_embedding": count / ingest_s, "peak_rss_mb": rss_ingest,
-           "rss_before_ingest_mb": rss_before,
-           "unknown_sentence_share": derived.unknown / max(1, derived.sentences)}
+    out = {"n": n, "passages": count, "ingest_s": ingest_s, "store_write_s": write_s,
+           "lexical_build_s": ingest_s - write_s, "ingest_pps_no_embedding": count / ingest_s,
+           "peak_rss_mb": rss_ingest, "rss_before_ingest_mb": rss_before}
     for label, embedder in (("no_embed", CachedQueries(real, questions)), ("with_embed", real)):
-        search = Components(settings, embedder=embedder, store=comps.store).retriever
+        search = Components(settings, embedder=embedder, store=store).retriever
         t0 = time.perf_counter()
         search.search(questions[0])  # loads the lexical index from its cache file
         first = time.perf_counter() - t0
@@ -570,9 +559,9 @@ def table(res: dict) -> str:
         rows.append((f"Retrieval at {s['passages']:,} passages, query vector cached",
                      f"p50 {s['no_embed']['p50_ms']:.0f} ms · p95 {s['no_embed']['p95_ms']:.0f} ms"))
     for s in res["scale"]:
-        rows.append((f"Ingest of {s['passages']:,} passages, embedding excluded",
-                     f"{s['ingest_s']:.1f} s ({s['ingest_pps_no_embedding']:.0f} passages/s), "
-                     f"peak RSS {s['peak_rss_mb']:.0f} MiB"))
+        rows.append((f"Store write + BM25 build, {s['passages']:,} passages",
+                     f"{s['ingest_s']:.1f} s ({s['ingest_pps_no_embedding']:.0f} passages/s; "
+                     f"BM25 {s['lexical_build_s']:.1f} s), peak RSS {s['peak_rss_mb']:.0f} MiB"))
     rows += [
         ("App time per question outside the LLM", f"p50 {app['outside_llm_p50_ms']:.0f} ms · "
          f"p95 {app['outside_llm_p95_ms']:.0f} ms (retrieval p50 {app['retrieval_p50_ms']:.0f} ms, "
@@ -593,10 +582,11 @@ def table(res: dict) -> str:
         f"Check on {fid['sample']} synthetic passages also embedded for real: mean cosine "
         f"derived/real {fid['cos_mean']:.3f} (5th percentile {fid['cos_p5']:.3f}; two unrelated "
         f"passages: {fid['cos_random_pairs_mean']:.3f}), real top-10 kept {fid['top10_overlap']:.0%}.",
-        f"Stores built by the real Indexer (loaders, chunker, manifest, Chroma, BM25), embedded "
-        f"mode; {big['unknown_sentence_share']:.1%} of the chunked sentences did not map back to a "
-        f"pool sentence (random vector). Latency = `Retriever.search` (query embedding, dense "
-        f"Chroma, BM25, fusion, passage fetch), top_k 10, {res['questions']} dev questions, "
+        f"Stores: embedded Chroma, written the way the indexer writes after embedding "
+        f"(`PassageStore.add` in batches of 1000, generation bump, BM25 index built and cached); "
+        f"peak RSS is the writing process's VmHWM, embedding model loaded. Latency = "
+        f"`Retriever.search` (query embedding, dense Chroma, BM25, fusion, passage fetch), "
+        f"top_k 10, the {res['questions']} dev questions, "
         f"{big['with_embed']['samples']}/{big['no_embed']['samples']} samples per size.",
         f"App timings: `QAService.ask_stream` in LLM mode against tests/llm_server.py's streaming "
         f"fake in another process; 'outside the LLM' = whole question − the answerer's LLM time.",
@@ -682,17 +672,14 @@ def main(argv: list[str] | None = None) -> int:
 
         res["scale"] = []
         for n in sizes:
-            corpus = work / f"corpus-{n}"
-            write_corpus(corpus, pool, titles, n)
             reps = {"no_embed": 3 if quick else 10, "with_embed": 2 if quick else 5}
             res["scale"].append(run_worker("scale", {
-                "n": n, "data_dir": str(work / f"data-{n}"), "corpus": str(corpus),
+                "n": n, "data_dir": str(work / f"data-{n}"), "titles": titles,
                 "pool": str(pool_path), "pool_vecs": str(vec_path), "reps": reps}))
             s = res["scale"][-1]
             log(f"{n:>7}: with embedding p50 {s['with_embed']['p50_ms']:.0f} / p95 "
                 f"{s['with_embed']['p95_ms']:.0f} ms; cached vector p50 {s['no_embed']['p50_ms']:.0f}"
                 f" / p95 {s['no_embed']['p95_ms']:.0f} ms")
-            shutil.rmtree(corpus, ignore_errors=True)
             shutil.rmtree(work / f"data-{n}", ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)

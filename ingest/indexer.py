@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from qa_app.embedder import Embedder, make_embedder
 from qa_app.lexical import LexicalIndex
@@ -83,24 +83,42 @@ def chunking_signature(settings: Settings, embedder: Embedder) -> str:
     return f"v{CHUNKER_VERSION}:{c.max_tokens}:{c.min_chars}:{embedder.model_id}"
 
 
-def list_files(corpus: Path, extensions: list[str]) -> tuple[dict[str, Path], list[tuple[str, str]]]:
-    """Files to ingest by source name (path relative to the corpus), and skipped ones."""
-    if corpus.is_file():
-        candidates, root = [corpus], corpus.parent
-    elif corpus.is_dir():
-        candidates, root = sorted(p for p in corpus.rglob("*") if p.is_file()), corpus
-    else:
-        raise FileNotFoundError(f"no such file or folder: {corpus}")
-    files, skipped = {}, []
+def uploads_dir(settings: Settings) -> Path:
+    """Where documents uploaded through the app are kept (part of the corpus)."""
+    return data_path(settings, "uploads")
+
+
+def default_roots(settings: Settings) -> list[Path]:
+    """The corpus the index mirrors by default: corpus_dir plus the app's uploads."""
+    roots = [settings.resolve(settings.corpus_dir), uploads_dir(settings)]
+    return [r for r in roots if r.exists()]
+
+
+def list_files(
+    roots: Path | Sequence[Path], extensions: list[str]
+) -> tuple[dict[str, Path], list[tuple[str, str]]]:
+    """Files to ingest by source name (path relative to its root), and skipped ones."""
+    files: dict[str, Path] = {}
+    skipped: list[tuple[str, str]] = []
     allowed = {e.lower() for e in extensions}
-    for path in candidates:
-        rel = path.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts):
-            continue  # hidden files and folders (.git, .DS_Store) are not documents
-        if path.suffix.lower() not in allowed:
-            skipped.append((rel.as_posix(), f"unsupported type '{path.suffix or '(none)'}'"))
-            continue
-        files[rel.as_posix()] = path
+    for corpus in [roots] if isinstance(roots, Path) else roots:
+        if corpus.is_file():
+            candidates, root = [corpus], corpus.parent
+        elif corpus.is_dir():
+            candidates, root = sorted(p for p in corpus.rglob("*") if p.is_file()), corpus
+        else:
+            raise FileNotFoundError(f"no such file or folder: {corpus}")
+        for path in candidates:
+            rel = path.relative_to(root)
+            name = rel.as_posix()
+            if any(part.startswith(".") for part in rel.parts):
+                continue  # hidden files and folders (.git, .DS_Store) are not documents
+            if path.suffix.lower() not in allowed:
+                skipped.append((name, f"unsupported type '{path.suffix or '(none)'}'"))
+            elif name in files:
+                skipped.append((name, f"same name as {files[name]}; rename one of them"))
+            else:
+                files[name] = path
     return files, skipped
 
 
@@ -131,11 +149,12 @@ class Indexer:
             count_tokens=self.embedder.count_tokens,
         )
 
-    def run(self, corpus: Path, *, rebuild: bool = False, progress: bool | None = None,
-            prune: bool = True,
+    def run(self, corpus: Path | Sequence[Path], *, rebuild: bool = False,
+            progress: bool | None = None, prune: bool = True,
             on_file: Callable[[str, int, int], None] | None = None) -> IngestReport:
-        """Bring the index in line with the files under ``corpus``. With ``prune``,
-        documents no longer there are removed; without it (adding uploads), they stay."""
+        """Bring the index in line with the files under ``corpus`` (one or more folders
+        or files). With ``prune``, documents no longer there are removed; without it
+        (adding one upload), the others stay."""
         started = time.perf_counter()
         report = IngestReport()
         show = sys.stderr.isatty() if progress is None else progress

@@ -33,7 +33,6 @@ import gradio as gr  # noqa: E402
 from .schema import Answer, Passage, ScoredPassage  # noqa: E402
 from .service import QAService  # noqa: E402
 from .settings import Settings  # noqa: E402
-from .store import data_path  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +203,10 @@ def user_html(text: str) -> str:
     return f'<div class="qa-question">{_text_html(text)}</div>'
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _where(p: Passage) -> str:
     bits = []
     if p.section:
@@ -306,7 +309,7 @@ def document_html(doc: list[Passage], *, target: str = "", support: str = "",
     out = [f'<div class="qa-viewer" role="region" aria-label="{title}">',
            f'<h3 class="viewer-title">{title}</h3>', head]
     if lo > 0:
-        out.append(f'<p class="qa-empty">… {lo} passages before</p>')
+        out.append(f'<p class="qa-empty">… {_n(lo, "passage")} before</p>')
     section = None
     for i in range(lo, hi):
         p = doc[i]
@@ -326,7 +329,7 @@ def document_html(doc: list[Passage], *, target: str = "", support: str = "",
                     f'aria-label="Open passage {esc(p.label)}">open</a>')
             out.append(_para_html(p, cls, esc(p.text) + link))
     if hi < len(doc):
-        out.append(f'<p class="qa-empty">… {len(doc) - hi} passages after</p>')
+        out.append(f'<p class="qa-empty">… {_n(len(doc) - hi, "passage")} after</p>')
     if idx is not None:
         p = doc[idx]
         nav = []
@@ -407,8 +410,7 @@ class UploadResult:
     message: str
 
 
-def uploads_dir(settings: Settings) -> Path:
-    return data_path(settings, "uploads")
+from ingest.indexer import uploads_dir  # noqa: E402
 
 
 def _indexed_files(settings: Settings) -> dict[str, str]:
@@ -584,7 +586,7 @@ def build_app(service: QAService) -> gr.Blocks:
                                      padding=False)
 
         # ------------------------------------------------------------------ handlers
-        def respond(message, history, mode_value, k_value, docs_value):
+        def respond(message, history, mode_value, k_value, docs_value, known=None):
             history = list(history or [])
             text = (message or "").strip()
             if not text:
@@ -606,7 +608,9 @@ def build_app(service: QAService) -> gr.Blocks:
                         links = {c.marker: c.passage for c in ans.citations}
                         history[-1] = {"role": "assistant", "content": answer_html(
                             ans.text, links, mode=ans.mode, notice=ans.notice, model=ans.model)}
-                        supports = {c.passage.id: c.support for c in ans.citations}
+                        # supports of every answer so far, for citations of earlier turns too
+                        supports = {**(known or {}),
+                                    **{c.passage.id: c.support for c in ans.citations}}
                         yield history, sources_html(ans), "", supports
                         return
                     partial += getattr(event, "text", "") or ""
@@ -637,12 +641,9 @@ def build_app(service: QAService) -> gr.Blocks:
             query = (query or "").strip()
             if not query:
                 return results_html([], "")
-            results = service.search(query, k=int(k_default_for_lookup()),
+            results = service.search(query, k=max(default_k, 10),
                                      sources=[source] if source else None)
             return results_html(results, query)
-
-        def k_default_for_lookup() -> int:
-            return max(default_k, 10)
 
         def do_open(ref):
             return _context(parse_passage_ref(ref))
@@ -689,7 +690,7 @@ def build_app(service: QAService) -> gr.Blocks:
             return [], sources_html(None), "", {}, ""
 
         # ---------------------------------------------------------------- wiring
-        chat_inputs = [question, chatbot, mode, k, doc_filter]
+        chat_inputs = [question, chatbot, mode, k, doc_filter, last_supports]
         chat_outputs = [chatbot, sources, question, last_supports]
         submit_ev = question.submit(respond, chat_inputs, chat_outputs, api_name="chat",
                                     show_progress="hidden")

@@ -36,7 +36,12 @@ def configure_logging(level: str) -> None:
 def cmd_ingest(args, settings) -> int:
     from .components import Components
 
-    corpus = Path(args.path) if args.path else settings.resolve(settings.corpus_dir)
+    from ingest.indexer import default_roots
+
+    corpus = [Path(args.path)] if args.path else default_roots(settings)
+    if not corpus:
+        print(f"error: the corpus folder {settings.corpus_dir} does not exist", file=sys.stderr)
+        return EXIT_USAGE
     comps = Components(settings)
     report = comps.indexer.run(corpus, rebuild=args.rebuild,
                                progress=None if not args.quiet else False)
@@ -139,35 +144,35 @@ def cmd_eval(args, settings) -> int:
 
 def cmd_serve(args, settings) -> int:
     """Bring the index of corpus_dir up to date (with progress), then start the web app."""
-    from .app import launch, uploads_dir
+    from ingest.indexer import default_roots
+
+    from .app import _auth, launch
     from .service import QAService
 
     if args.host:
         settings.app.host = args.host
     if args.port:
         settings.app.port = args.port
+    try:
+        _auth(settings, settings.app.host)  # refuse an open address without a login, early
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     service = QAService(settings)
-    corpus = settings.resolve(settings.corpus_dir)
-    show = False if args.quiet else True
-    if corpus.exists():
-        print(f"checking the index of {corpus} (new or changed files are indexed first)…",
-              file=sys.stderr, flush=True)
-        # prune=False: documents uploaded through the app are not in corpus_dir and stay.
-        report = service.ingest(corpus, prune=False, progress=show)
+    roots = default_roots(settings)
+    if roots:
+        print(f"checking the index of {', '.join(map(str, roots))} "
+              f"(new or changed files are indexed first)…", file=sys.stderr, flush=True)
+        report = service.ingest(roots, progress=not args.quiet)
         print(report.summary(), file=sys.stderr, flush=True)
     elif service.store.count() == 0:
-        print(f"error: the corpus folder {corpus} does not exist and the index is empty; "
-              f"set corpus_dir in {settings.source} or run from the project folder",
+        print(f"error: the corpus folder {settings.corpus_dir} does not exist and the index is "
+              f"empty; set corpus_dir in {settings.source} or run from the project folder",
               file=sys.stderr)
         return EXIT_FAIL
     else:
-        print(f"warning: the corpus folder {corpus} does not exist; serving the existing index",
-              file=sys.stderr)
-    uploads = uploads_dir(settings)
-    if uploads.is_dir() and any(uploads.iterdir()):
-        report = service.ingest(uploads, prune=False, progress=show)
-        if report.changed:
-            print("uploads: " + report.summary().splitlines()[0], file=sys.stderr)
+        print(f"warning: the corpus folder {settings.corpus_dir} does not exist; serving the "
+              f"existing index", file=sys.stderr)
     host, port = settings.app.host, settings.app.port
     print(f"starting the app at http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port} "
           f"(Ctrl+C to stop)", file=sys.stderr, flush=True)

@@ -167,6 +167,6 @@ class QAService:
         return question, ""
 
     # -- ingest ----------------------------------------------------------------------
-    def ingest(self, path: Path, **kw):
+    def ingest(self, path: Path | list[Path], **kw):
         with self._ingest_lock:
             return self.components.indexer.run(path, **kw)

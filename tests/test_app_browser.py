@@ -89,14 +89,14 @@ def _shot(page, name: str) -> None:
     page.screenshot(path=str(SHOTS / name), full_page=True)
 
 
-def _open(p: Page, url: str) -> None:
+def _open(p: Page, url: str, ready: str = "#question textarea") -> None:
     p.page.goto(url)
-    p.page.wait_for_selector("#question textarea, #question input")
+    p.page.wait_for_selector(ready)
     p.page.wait_for_selector("#status .qa-status")
 
 
 def _ask(page, question: str) -> None:
-    box = page.locator("#question textarea, #question input").first
+    box = page.locator("#question textarea").first
     box.fill(question)
     box.press("Enter")
 
@@ -183,7 +183,8 @@ def test_permalink_opens_the_app_on_the_passage(app_server, make_page):
     doc = app_server.service.document("002_a329dce9da1eed87.txt")
     target = doc[len(doc) // 2]
     p = make_page()
-    _open(p, app_server.url + "?passage=" + urllib.parse.quote(target.id, safe=""))
+    _open(p, app_server.url + "?passage=" + urllib.parse.quote(target.id, safe=""),
+          ready="#lookup-viewer")
     page = p.page
     shown = page.locator("#lookup-viewer #passage-target")
     shown.wait_for()

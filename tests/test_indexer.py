@@ -221,3 +221,23 @@ def test_seed_ingest_then_search_finds_thailand_paragraph(tmp_path):
     started = time.perf_counter()
     again = comps.indexer.run(SEEDS, progress=False)
     assert again.embedded == 0 and time.perf_counter() - started < 5
+
+
+def test_default_corpus_is_corpus_dir_plus_uploads(tmp_path, corpus):
+    """`qa ingest` and `qa serve` keep the app's uploads and prune what left corpus_dir."""
+    from ingest.indexer import default_roots, uploads_dir
+
+    settings = make_settings(tmp_path)
+    settings.corpus_dir = corpus
+    uploads = uploads_dir(settings)
+    uploads.mkdir(parents=True)
+    write_doc(uploads, "uploaded.txt", "santé")
+    write_doc(uploads, "a.txt", "collision")  # same name as a corpus file
+    comps = Components(settings)
+    report = comps.indexer.run(default_roots(settings), progress=False)
+    assert sorted(report.added) == ["a.txt", "b.md", "c.txt", "uploaded.txt"]
+    assert "same name" in dict(report.skipped)["a.txt"]
+    (corpus / "c.txt").unlink()
+    report = comps.indexer.run(default_roots(settings), progress=False)
+    assert report.removed == ["c.txt"]
+    assert "uploaded.txt" in ids_by_source(comps)
