@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
-# llama-cpp-python compiles llama.cpp from source (about 12 min on 2 cores, longer on a busy
-# machine); pip caches the built wheel, so a later install on the same machine is quick. CPU
+# llama-cpp-python compiles llama.cpp from source (about 12 min on 2 idle cores, 30 min seen on
+# a busy machine); pip caches the built wheel, so a later install on the same machine is quick. CPU
 # only, no BLAS/GPU backends, portable (no -march=native, so a cached wheel runs on any x86-64-v3
 # CPU), no libcurl. tests/test_llama_server.py runs it with a tiny model from tests/tiny_gguf.py.
 LLAMA_STAMP := $(VENV)/.llama-installed

@@ -3,10 +3,16 @@
 Per file, in an order that survives a kill at any point: mark the file pending in the
 manifest, delete its old passages, write the new ones, record its hash, unmark it.
 The next run deletes whatever a pending file left behind and does it again.
+
+The same order makes a full disk or a read-only data directory harmless: the write that
+fails (the manifest's or Chroma's) stops the run with a ``StoreError`` that says what
+happened; the files indexed before stay indexed and the manifest stays valid (it is only
+ever replaced whole), and the file that was being written is redone by the next run.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import time
@@ -15,10 +21,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from qa_app.embedder import Embedder, make_embedder
-from qa_app.lexical import LexicalIndex
+from qa_app.lexical import build_index
 from qa_app.schema import Passage
 from qa_app.settings import Settings
-from qa_app.store import ModelMismatchError, PassageStore, data_path
+from qa_app.store import ModelMismatchError, PassageStore, StoreError, data_path
 
 from .chunking import chunk_document
 from .loaders import SkipFile, load_document
@@ -129,6 +135,16 @@ def _progress(total: int, desc: str, unit: str, enabled: bool):
                 file=sys.stderr, dynamic_ncols=True)
 
 
+# Write failures that the user can fix: full disk or quota, read-only or forbidden folder.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                          errno.EIO, errno.EFBIG})
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
 class Indexer:
     def __init__(self, settings: Settings, embedder: Embedder | None = None,
                  store: PassageStore | None = None) -> None:
@@ -136,6 +152,7 @@ class Indexer:
         self.embedder = embedder or make_embedder(settings.embedding.model, settings.embedding.threads)
         self.store = store or PassageStore(settings, self.embedder.model_id, self.embedder.dim)
         self.manifest_file = manifest_path(settings)
+        self._writing = ""  # the file whose passages are being swapped, for error messages
 
     def chunk_file(self, source: str, path: Path) -> list[Passage]:
         doc = load_document(path, max_bytes=int(self.settings.ingest.max_file_mb * 1024 * 1024))
@@ -154,7 +171,45 @@ class Indexer:
             on_file: Callable[[str, int, int], None] | None = None) -> IngestReport:
         """Bring the index in line with the files under ``corpus`` (one or more folders
         or files). With ``prune``, documents no longer there are removed; without it
-        (adding one upload), the others stay."""
+        (adding one upload), the others stay. A write that fails (disk full, read-only
+        data directory) raises StoreError with a message for the user."""
+        self._writing = ""
+        try:
+            return self._run(corpus, rebuild=rebuild, progress=progress, prune=prune,
+                             on_file=on_file)
+        except StoreError:
+            raise
+        except OSError as exc:
+            if exc.errno not in WRITE_ERRNOS or isinstance(exc, FileNotFoundError):
+                raise
+            raise self._write_error(exc.strerror or str(exc)) from None
+        except Exception as exc:
+            from chromadb.errors import ChromaError
+
+            if not isinstance(exc, ChromaError):
+                raise
+            raise self._write_error(_short(exc)) from None
+
+    def _write_error(self, reason: str) -> StoreError:
+        """The message for a write that failed part-way through a run."""
+        tmp = self.manifest_file.with_name(self.manifest_file.name + ".tmp")
+        try:
+            tmp.unlink(missing_ok=True)  # half a manifest, never renamed over the real one
+        except OSError:
+            pass
+        where = self.settings.resolve(self.settings.data_dir)
+        if self.settings.store.mode == "http":
+            where = f"{where} or the Chroma server"
+        doing = f" while indexing {self._writing}" if self._writing else ""
+        again = f"; {self._writing} is redone by the next run" if self._writing else ""
+        return StoreError(
+            f"ingest stopped: cannot write the index in {where}{doing}: {reason}. "
+            f"Documents indexed before are unchanged{again}. Free some space (or make the "
+            f"data directory writable) and run the ingest again."
+        )
+
+    def _run(self, corpus: Path | Sequence[Path], *, rebuild: bool, progress: bool | None,
+             prune: bool, on_file: Callable[[str, int, int], None] | None) -> IngestReport:
         started = time.perf_counter()
         report = IngestReport()
         show = sys.stderr.isatty() if progress is None else progress
@@ -221,10 +276,17 @@ class Indexer:
                 on_file(source, i + 1, len(todo))
         bar.close()
 
+        self._writing = ""
         manifest.save(self.manifest_file)
         if report.changed or not lexical_path(self.settings).is_file():
             generation = self.store.bump_generation() if report.changed else self.store.generation()
-            LexicalIndex(self.store.all_passages(), generation).save(lexical_path(self.settings))
+            try:
+                # BM25 + the passages' latent-term vectors (only new passages are encoded).
+                build_index(self.store.all_passages(), generation, self.embedder,
+                            lexical_path(self.settings))
+            except OSError as exc:  # a derived cache: readers rebuild it from the store
+                log.warning("cannot save the lexical index cache %s: %s",
+                            lexical_path(self.settings), exc.strerror or exc)
         report.total_passages = self.store.count()
         report.seconds = time.perf_counter() - started
         return report
@@ -244,6 +306,7 @@ class Indexer:
     def _replace(self, manifest: Manifest, source: str, entry: FileEntry | None,
                  passages: list[Passage], vectors=None) -> None:
         """Swap a file's passages, crash-safely (see the module docstring)."""
+        self._writing = source
         manifest.pending = sorted(set(manifest.pending) | {source})
         manifest.save(self.manifest_file)
         self.store.delete_source(source)

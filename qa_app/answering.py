@@ -113,7 +113,9 @@ class Answerer:
         raise AssertionError("stream() ended without Done")  # pragma: no cover
 
     def stream(self, question: str, passages: list[ScoredPassage], *, mode: str | None = None,
-               lang: str | None = None) -> Iterator[AnswerEvent]:
+               lang: str | None = None, llm_error: str = "") -> Iterator[AnswerEvent]:
+        """``llm_error``: the endpoint already failed for this question (while condensing
+        it): answer extractively with that reason instead of trying it again."""
         mode = mode or self.settings.answer.mode
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -124,8 +126,8 @@ class Answerer:
             answer = self.abstain(question, lang, notice("no_passages", lang))
         elif mode == "extractive" or (mode == "auto" and not self._llm_configured()):
             answer = self.extractive(question, passages, lang, notice("extractive", lang))
-        elif not self._llm_configured():
-            reason = "no endpoint configured"
+        elif not self._llm_configured() or llm_error:
+            reason = llm_error or "no endpoint configured"
             answer = self.extractive(question, passages, lang,
                                      notice("llm_failed", lang, reason=reason))
         else:
@@ -148,19 +150,23 @@ class Answerer:
     def condense(self, question: str, history: list) -> str:
         """A follow-up rewritten as a standalone question (the question itself when there is
         no history, no LLM, or the rewrite fails)."""
+        return self.condense_checked(question, history)[0]
+
+    def condense_checked(self, question: str, history: list) -> tuple[str, str]:
+        """(``condense``'s result, the one-line reason the endpoint failed or "")."""
         if not history or not self._llm_configured():
-            return question
+            return question, ""
         messages = build_condense_messages(question, history, prompts_dir=self.prompts_dir)
         try:
             text = "".join(self.llm.stream_chat(messages))
         except LLMError as exc:
             log.warning("condensing the question failed: %s", exc)
-            return question
+            return question, str(exc)
         first = next((line for line in text.splitlines() if line.strip()), "")
         rewritten = _LABEL.sub("", first.strip()).strip(" \"'«»“”")
         if not rewritten or len(rewritten) > 3 * len(question) + 300:
-            return question
-        return rewritten
+            return question, ""
+        return rewritten, ""
 
     def extractive(self, question: str, passages: list[ScoredPassage], lang: str,
                    reason: str) -> Answer:

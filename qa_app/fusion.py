@@ -1,6 +1,8 @@
-"""Rank fusion: pure functions, no I/O."""
+"""Fusion of several rankings into one: pure functions, no I/O."""
 
 from __future__ import annotations
+
+import math
 
 
 def reciprocal_rank_fusion(
@@ -21,3 +23,53 @@ def reciprocal_rank_fusion(
             scores[pid] = scores.get(pid, 0.0) + w / (k + rank)
     order = {pid: i for i, pid in enumerate(scores)}
     return sorted(scores.items(), key=lambda kv: (-kv[1], order[kv[0]]))
+
+
+def zscores(scores: list[float]) -> tuple[list[float], float]:
+    """Standard scores of one retriever's candidate scores, and the floor: the z of its
+    lowest candidate, which is what a passage outside its candidates gets. Scores that do
+    not vary (or a single candidate) all get 0."""
+    if not scores:
+        return [], 0.0
+    mean = sum(scores) / len(scores)
+    std = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
+    if std <= 1e-12 * max(1.0, abs(mean)):
+        return [0.0] * len(scores), 0.0
+    z = [(s - mean) / std for s in scores]
+    return z, min(z)
+
+
+def zscore_fusion(
+    runs: dict[str, list[tuple[str, float]]], weights: dict[str, float] | None = None
+) -> list[tuple[str, float, dict[str, float]]]:
+    """Score-based fusion: each retriever's scores become z-scores over its own candidates,
+    and a passage's fused score is the weighted mean of its z-scores.
+
+    ``runs`` maps a retriever name to its candidates as (id, score), higher is better,
+    computed over the same depth for every retriever (its top n, zeros included). A
+    passage missing from a run gets that run's floor (its lowest candidate's z): outside
+    the top n, it is at best as good as the n-th. Unlike RRF, a retriever that is sure
+    (one passage far above the rest) weighs more than one whose scores are flat, and the
+    fused score is on a scale that a relevance threshold can use: "how many standard
+    deviations above the other candidates". Returns (id, fused, {run: z}) best first;
+    ties keep the order in which ids were first seen.
+    """
+    weights = weights or {}
+    active = {name: run for name, run in runs.items() if weights.get(name, 1.0) > 0 and run}
+    total = sum(weights.get(name, 1.0) for name in active)
+    if not total:
+        return []
+    per_run: dict[str, tuple[dict[str, float], float]] = {}
+    order: dict[str, int] = {}
+    for name, run in active.items():
+        z, floor = zscores([s for _, s in run])
+        per_run[name] = ({pid: zi for (pid, _), zi in zip(run, z)}, floor)
+        for pid, _ in run:
+            order.setdefault(pid, len(order))
+    out = []
+    for pid in order:
+        parts = {name: z.get(pid, floor) for name, (z, floor) in per_run.items()}
+        fused = sum(weights.get(name, 1.0) * parts[name] for name in parts) / total
+        out.append((pid, fused, parts))
+    out.sort(key=lambda item: (-item[1], order[item[0]]))
+    return out

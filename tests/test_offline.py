@@ -220,16 +220,20 @@ def test_guard_refuses_and_logs_outbound_but_allows_loopback(offline):
     """The guard itself works: a public address and a host name fail at once and are logged,
     loopback is let through (to a closed port here: refused by the kernel, not logged)."""
     probe = offline.tmp / "probe.log"
+    # Nothing is attempted unless the guard is in place (checked first): even a broken guard
+    # sends no packet out. 192.0.2.1 is a documentation address (TEST-NET-1).
     code = (
-        "import socket, time\n"
+        "import socket, sys, time\n"
+        "if socket.socket.connect.__module__ != 'sitecustomize':\n"
+        "    sys.exit('the guard is not installed')\n"
         "t = time.perf_counter()\n"
-        "for target in [('93.184.215.14', 443), ('huggingface.co', 443)]:\n"
+        "for target in [('192.0.2.1', 443), ('huggingface.co', 443)]:\n"
         "    try:\n"
         "        socket.create_connection(target, timeout=30)\n"
         "    except OSError as exc:\n"
         "        print('refused', target[0], type(exc).__name__)\n"
         "s = socket.socket()\n"
-        "print('connect_ex', s.connect_ex(('8.8.8.8', 53)))\n"
+        "print('connect_ex', s.connect_ex(('192.0.2.2', 53)))\n"
         "try:\n"
         "    socket.getaddrinfo('pypi.org', 443)\n"
         "except socket.gaierror:\n"
@@ -250,7 +254,7 @@ def test_guard_refuses_and_logs_outbound_but_allows_loopback(offline):
     assert "loopback refused by the kernel" in out.stdout
     assert float(out.stdout.rsplit("elapsed", 1)[1]) < 2.0
     logged = probe.read_text(encoding="utf-8")
-    for target in ("93.184.215.14", "huggingface.co", "8.8.8.8", "pypi.org"):
+    for target in ("192.0.2.1", "huggingface.co", "192.0.2.2", "pypi.org"):
         assert target in logged
     assert "127.0.0.1" not in logged
 
@@ -263,10 +267,12 @@ def test_cli_runs_offline_without_trying_the_network(offline):
     assert report, proc.stdout
 
     question = "Où est installée la station de mesure du débit de la rivière ?"
-    # Unguarded first (same warm caches for both), then guarded: the guard must cost nothing,
-    # i.e. nothing waits on a refused connection or a failed name lookup.
-    plain, plain_s = offline.run("search", question, "-k", "3", guarded=False)
+    # Guarded, then unguarded (only once the guarded run showed it tries nothing; the second
+    # run has the warmer caches, which only makes the comparison stricter): the guard must
+    # cost nothing, i.e. nothing waits on a refused connection or a failed name lookup.
     proc, guarded_s = offline.run("search", question, "-k", "3")
+    assert offline.outbound() == "", "outbound connection attempts:\n" + offline.outbound()
+    plain, plain_s = offline.run("search", question, "-k", "3", guarded=False)
     print(f"qa search: {plain_s:.2f} s unguarded, {guarded_s:.2f} s guarded")
     assert "rapport_eau.txt" in proc.stdout and proc.stdout == plain.stdout
     assert guarded_s <= 2 * plain_s + 2.0, (guarded_s, plain_s)
