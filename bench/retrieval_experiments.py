@@ -142,16 +142,20 @@ def abstention_report(results: list[dict], threshold: float) -> None:
               f"lowest answerable {ans[0][0] - threshold:+.2f}")
 
 
-def loo_threshold(rows: list[tuple[float, bool]], max_false: float = 0.10) -> tuple[int, int]:
-    """Leave-one-out: pick the threshold on the other questions (the highest one that
-    abstains on at most ``max_false`` of their answerable questions), then judge the one
-    left out. Returns (answerable wrongly abstained, unanswerable caught)."""
+def fit_threshold(rows: list[tuple[float, bool]]) -> float:
+    """The calibration rule: halfway between the lowest answerable relevance and the
+    highest unanswerable relevance below it (abstain below the threshold)."""
+    lowest = min(v for v, u in rows if not u)
+    below = [v for v, u in rows if u and v < lowest]
+    return (lowest + max(below)) / 2 if below else lowest
+
+
+def loo_threshold(rows: list[tuple[float, bool]]) -> tuple[int, int]:
+    """Leave-one-out: fit the threshold on the other questions, judge the one left out.
+    Returns (answerable wrongly abstained, unanswerable caught)."""
     wrong = caught = 0
     for i, (value, unanswerable) in enumerate(rows):
-        rest = [r for j, r in enumerate(rows) if j != i]
-        answerable = sorted(v for v, u in rest if not u)
-        allowed = int(max_false * len(answerable))
-        t = answerable[allowed] if answerable else float("-inf")  # abstain below t
+        t = fit_threshold([r for j, r in enumerate(rows) if j != i])
         if value < t:
             caught += unanswerable
             wrong += not unanswerable
@@ -203,9 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     n_ans = sum(not u for _, u in rows)
     wrong, caught = loo_threshold(rows)
     n_una = sum(u for _, u in rows)
-    print(f"\nleave-one-out threshold over all sets ({len(rows)} questions without an "
-          f"unknown number): answerable wrongly abstained {wrong}/{n_ans}, unanswerable "
-          f"caught {caught}/{n_una}")
+    print(f"\nthreshold fitted on all sets: {fit_threshold(rows):.3f} (configured "
+          f"{settings.retrieval.min_relevance}); leave-one-out over the {len(rows)} questions "
+          f"without an unknown number: answerable wrongly abstained {wrong}/{n_ans}, "
+          f"unanswerable caught {caught}/{n_una}")
     if args.latency:
         latency(settings, real, store, [q for p in datasets for q in load_dataset(Path(p))],
                 args.rounds)

@@ -31,8 +31,9 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 import gradio as gr  # noqa: E402
 
 from .schema import Answer, Passage, ScoredPassage  # noqa: E402
-from .service import QAService  # noqa: E402
+from .service import QAService, clean_question  # noqa: E402
 from .settings import Settings  # noqa: E402
+from .store import StoreError  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ PLACEHOLDER = (
     "**Ask a question about the documents**, in French or English. Every answer cites "
     "its sources: click a marker such as [1] to read the passage in its document."
 )
+EMPTY_QUESTION = "Type a question first: the message was empty."
 _MARKER = re.compile(r"\[(\d{1,3})\]")
 _TAG = re.compile(r"<[^>]*>")
 
@@ -359,6 +361,12 @@ def status_html(service: QAService) -> str:
             f'<span>store: {esc(st.store)}</span></div>')
 
 
+def unavailable_html(exc: BaseException) -> str:
+    """What a panel shows when the index cannot be read (e.g. the Chroma server is down)."""
+    return (f'<div class="qa-panel"><p class="qa-empty qa-error" role="alert">The index is '
+            f'unavailable: {esc(exc)}</p></div>')
+
+
 def documents_table_html(docs: list[tuple[str, str, int]]) -> str:
     if not docs:
         return '<p class="qa-empty">No document is indexed yet.</p>'
@@ -450,12 +458,24 @@ def ingest_upload(service: QAService, tmp_path: str | Path, original_name: str |
         if dest.resolve().parent != folder.resolve():
             raise UploadError(f"“{shown}” is not a usable file name")
         replaced = dest.is_file()
-        shutil.copyfile(tmp_path, dest)
+        # Through a hidden temporary file (ingest skips hidden files) and a rename: a full
+        # disk never leaves half a file, nor truncates an earlier upload of the same name.
+        part = folder / f".{name}.part"
+        try:
+            shutil.copyfile(tmp_path, part)
+            part.replace(dest)
+        except OSError as exc:
+            part.unlink(missing_ok=True)
+            raise UploadError(f"{name}: not added: cannot store it in {folder}: "
+                              f"{exc.strerror or exc}; nothing else changed") from None
         if on_progress:
             on_progress(name)
         report = service.ingest(dest, prune=False, progress=True)
     except UploadError as exc:
         return UploadResult(shown, False, str(exc))
+    except StoreError as exc:  # disk full, read-only data dir, store unreachable
+        log.warning("upload of %s not indexed: %s", shown, exc)
+        return UploadResult(shown, False, f"{shown}: not indexed: {exc}")
     except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
         log.exception("upload of %s failed", shown)
         return UploadResult(shown, False, f"{shown}: indexing failed: {exc}")
@@ -588,12 +608,16 @@ def build_app(service: QAService) -> gr.Blocks:
         # ------------------------------------------------------------------ handlers
         def respond(message, history, mode_value, k_value, docs_value, known=None):
             history = list(history or [])
-            text = (message or "").strip()
+            text = clean_question(message if isinstance(message, str) else "")
             if not text:
+                gr.Warning(EMPTY_QUESTION)
                 yield history, gr.skip(), "", gr.skip()
                 return
             prior = history_for_service(history)
-            history.append({"role": "user", "content": user_html(text)})
+            # What is shown is what is answered: a question over the limit is cut (the
+            # answer's notice says so) instead of filling the history with it.
+            shown = text[: settings.answer.max_question_chars]
+            history.append({"role": "user", "content": user_html(shown)})
             history.append({"role": "assistant", "content": answer_html("", streaming=True)})
             yield history, gr.skip(), "", gr.skip()
             from .answering import Done
@@ -617,12 +641,30 @@ def build_app(service: QAService) -> gr.Blocks:
                     history[-1] = {"role": "assistant",
                                    "content": answer_html(partial, streaming=True)}
                     yield history, gr.skip(), "", gr.skip()
+            except StoreError as exc:  # e.g. the Chroma server is down: say so, stay up
+                log.warning("answering failed: %s", exc)
+                history[-1] = {"role": "assistant", "content": answer_html(
+                    partial, notice=f"The index is unavailable: {exc} Try again once it is "
+                                    f"back.", mode="")}
+                yield history, gr.skip(), "", gr.skip()
             except Exception as exc:  # noqa: BLE001 - show the reason in the chat
                 log.exception("answering failed")
                 history[-1] = {"role": "assistant", "content": answer_html(
                     partial, notice=f"The answer failed: {exc}", mode="")}
                 yield history, gr.skip(), "", gr.skip()
 
+        def guarded(fn):
+            """An HTML handler that shows a store failure in its panel, not as an error."""
+            def run(*args):
+                try:
+                    return fn(*args)
+                except StoreError as exc:
+                    log.warning("%s failed: %s", fn.__name__, exc)
+                    return unavailable_html(exc)
+            run.__name__ = fn.__name__
+            return run
+
+        @guarded
         def open_in_chat(ref, supports):
             pid = parse_passage_ref(ref)
             return _context(pid, (supports or {}).get(pid, ""))
@@ -637,6 +679,7 @@ def build_app(service: QAService) -> gr.Blocks:
             return document_html(service.document(p.source), target=pid, support=support,
                                  around=2)
 
+        @guarded
         def do_lookup(query, source):
             query = (query or "").strip()
             if not query:
@@ -645,16 +688,23 @@ def build_app(service: QAService) -> gr.Blocks:
                                      sources=[source] if source else None)
             return results_html(results, query)
 
+        @guarded
         def do_open(ref):
             return _context(parse_passage_ref(ref))
 
+        @guarded
         def do_browse(source):
             if not source:
                 return '<div class="qa-viewer"><p class="qa-empty">Choose a document.</p></div>'
             return document_html(service.document(source))
 
         def refresh_docs():
-            d = service.documents()
+            try:
+                d = service.documents()
+            except StoreError as exc:
+                log.warning("cannot list the documents: %s", exc)
+                return (status_html(service), gr.skip(), gr.skip(), gr.skip(),
+                        unavailable_html(exc))
             choices = _doc_choices(d)
             return (status_html(service), gr.update(choices=choices),
                     gr.update(choices=[("All documents", "")] + choices),
@@ -666,7 +716,7 @@ def build_app(service: QAService) -> gr.Blocks:
             source = (params.get("doc") or "").strip()
             refreshed = refresh_docs()
             if pid:
-                return (*refreshed, gr.Tabs(selected="lookup"), _context(pid), pid)
+                return (*refreshed, gr.Tabs(selected="lookup"), do_open(pid), pid)
             if source:
                 return (*refreshed, gr.Tabs(selected="lookup"), do_browse(source), gr.skip())
             return (*refreshed, gr.skip(), gr.skip(), gr.skip())
@@ -733,13 +783,19 @@ def build_app(service: QAService) -> gr.Blocks:
         def ask(question: str, mode: str = "extractive", k: int = 0,
                 sources: list[str] | None = None) -> dict:
             """Answer a question; returns the Answer as a dict."""
-            return service.ask(question, None, mode=mode or None, k=int(k) or None,
-                               sources=list(sources or []) or None).to_dict()
+            try:
+                return service.ask(question, None, mode=mode or None, k=int(k) or None,
+                                   sources=list(sources or []) or None).to_dict()
+            except (ValueError, StoreError) as exc:  # empty question, index unavailable
+                raise gr.Error(str(exc), print_exception=False) from None
 
         def search(query: str, k: int = 10, source: str = "") -> list[dict]:
             """The best passages for a query."""
-            return [r.to_dict() for r in service.search(query, k=int(k) or None,
-                                                         sources=[source] if source else None)]
+            try:
+                return [r.to_dict() for r in service.search(
+                    query, k=int(k) or None, sources=[source] if source else None)]
+            except StoreError as exc:
+                raise gr.Error(str(exc), print_exception=False) from None
 
         def passage(ref: str) -> dict:
             """A passage by id or permalink, with its neighbours."""
@@ -752,10 +808,17 @@ def build_app(service: QAService) -> gr.Blocks:
 
         def status_json() -> dict:
             """What the app runs on: LLM, embedding model, documents and passages."""
-            st = service.status()
+            try:
+                st = service.status()
+            except StoreError as exc:
+                raise gr.Error(str(exc), print_exception=False) from None
+            queue = getattr(demo, "_queue", None)
             return {"line": st.line(), "llm": st.llm, "llm_ok": st.llm_ok,
                     "embedding_model": st.embedding_model, "documents": st.documents,
-                    "passages": st.passages, "store": st.store}
+                    "passages": st.passages, "store": st.store,
+                    # the request queue's bounds, as launch() set them
+                    "queue": {"max_size": getattr(queue, "max_size", None),
+                              "concurrency": getattr(queue, "default_concurrency_limit", None)}}
 
         gr.api(ask, api_name="ask_json")
         gr.api(search, api_name="search_json")
@@ -818,7 +881,10 @@ def launch(settings: Settings, service: QAService | None = None, *, host: str | 
     auth = _auth(settings, host)
     service = service or QAService(settings)
     demo = build_app(service)
-    demo.queue(default_concurrency_limit=2)
+    # Bounded: at most app.concurrency answers at once per handler, app.max_queue waiting;
+    # beyond that a request is refused at once ("queue is full"), never piled up.
+    demo.queue(default_concurrency_limit=settings.app.concurrency,
+               max_size=settings.app.max_queue)
     _, url, _ = demo.launch(server_name=host, server_port=port, auth=auth,
                             prevent_thread_lock=not block, quiet=quiet, inbrowser=inbrowser,
                             **launch_options(settings))

@@ -59,7 +59,8 @@ def cmd_search(args, settings) -> int:
     if comps.store.count() == 0:
         print("the index is empty: run `qa ingest` first", file=sys.stderr)
         return EXIT_INDEX
-    results = comps.retriever.search(args.question, k=args.k, sources=args.doc or None)
+    results = comps.retriever.search(args.question, k=args.k, sources=args.doc or None,
+                                     sections=args.section or None)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], ensure_ascii=False, indent=1))
         return EXIT_OK
@@ -87,15 +88,20 @@ def _print_sources(answer) -> None:
 
 def cmd_ask(args, settings) -> int:
     from .answering import Done, Token
-    from .service import QAService
+    from .service import QAService, clean_question
 
+    if not clean_question(args.question):  # before loading anything
+        print("error: the question is empty: type a question, e.g. qa ask \"Quand la "
+              "Thaïlande a-t-elle adhéré à la CICA ?\"", file=sys.stderr)
+        return EXIT_USAGE
     service = QAService(settings)
     if service.store.count() == 0:
         print("the index is empty: run `qa ingest` first", file=sys.stderr)
         return EXIT_INDEX
     mode = "extractive" if args.no_llm else None
     try:
-        events = service.ask_stream(args.question, mode=mode, k=args.k, sources=args.doc or None)
+        events = service.ask_stream(args.question, mode=mode, k=args.k, sources=args.doc or None,
+                                    sections=args.section or None)
         answer = None
         for event in events:
             if isinstance(event, Token) and not args.json:
@@ -207,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=None, help="number of passages (default: retrieval.top_k)")
     p.add_argument("--doc", action="append", metavar="SOURCE",
                    help="only this document (file name as ingested); repeatable")
+    p.add_argument("--section", action="append", metavar="HEADING",
+                   help="only passages under this heading path or a parent of it, e.g. "
+                        "'Annexe' or 'Annexe > II. Coopération'; repeatable")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_search)
 
@@ -224,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=None, help="passages retrieved (default: retrieval.top_k)")
     p.add_argument("--doc", action="append", metavar="SOURCE",
                    help="only this document (file name as ingested); repeatable")
+    p.add_argument("--section", action="append", metavar="HEADING",
+                   help="only passages under this heading path or a parent of it, e.g. "
+                        "'Annexe' or 'Annexe > II. Coopération'; repeatable")
     p.set_defaults(func=cmd_ask)
 
     p = sub.add_parser("eval", help="run a question set through the pipeline and score it")
@@ -254,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INDEX
     except (StoreError, EmbedderError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except OSError as exc:  # e.g. a full disk or a read-only folder outside the index
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return EXIT_FAIL
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -3,7 +3,8 @@
 Analysis (``analyze``): apostrophes unified, elisions (l', d', qu', jusqu'...) stripped,
 stop words of both languages dropped, words stemmed by the Snowball stemmer of the text's
 language *before* accents are folded (the French stemmer needs its accents:
-``sécurité`` -> ``sécur``, which folds to the English stem of ``security``), acronyms and
+``sécurité`` -> ``sécur``, which folds to the English stem of ``security``; the stem of the
+word typed without accents is added when it differs), acronyms and
 tokens with digits kept whole (``CICA`` must not become ``cic`` in French and ``cica`` in
 English). ``index_terms`` adds a five-letter "cognate" key per long word so that an English
 question meets French words of the same root (``globalization``/``globalisation``).
@@ -39,7 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 3  # bump when the analysis changes: older caches are rebuilt
+INDEX_VERSION = 4  # bump when the analysis changes: older caches are rebuilt
 COGNATE_LETTERS = 5  # length of the cross-language key added for longer words
 
 _APOSTROPHES = str.maketrans({"’": "'", "‘": "'", "ʼ": "'", "`": "'"})
@@ -93,14 +94,26 @@ def _keep_whole(word: str) -> bool:
 
 
 def analyze(text: str, lang: str = "fr") -> list[str]:
-    """Tokens for BM25: elisions stripped, stop words out, stemmed, then accents folded."""
+    """Tokens for BM25: elisions stripped, stop words out, stemmed, accents folded.
+
+    A word is stemmed with its accents, then folded (``sécurité`` -> ``secur``, like the
+    English ``security``); when stemming the folded word gives another stem
+    (``securite`` -> ``securit``, as typed without accents), that one is added too, so a
+    question typed without accents still meets the text."""
     stem = _stemmer(lang).stemWord
     out = []
     for word in _words(text):
         folded = fold(word)
         if folded in STOPWORDS:
             continue
-        out.append(folded if _keep_whole(word) else fold(stem(word.lower())))
+        if _keep_whole(word):
+            out.append(folded)
+            continue
+        accented = fold(stem(word.lower()))
+        out.append(accented)
+        plain = stem(folded)
+        if plain != accented:
+            out.append(plain)
     return out
 
 

@@ -136,8 +136,9 @@ class QAService:
 
     # -- retrieval -------------------------------------------------------------------
     def search(self, question: str, k: int | None = None,
-               sources: list[str] | None = None) -> list[ScoredPassage]:
-        return self.retriever.search(question, k=k, sources=sources)
+               sources: list[str] | None = None,
+               sections: list[str] | None = None) -> list[ScoredPassage]:
+        return self.retriever.search(question, k=k, sources=sources, sections=sections)
 
     def passage(self, pid: str) -> Passage | None:
         found = self.store.get([pid])
@@ -165,7 +166,8 @@ class QAService:
     # -- answers ---------------------------------------------------------------------
     def ask_stream(self, question: str, history: list[dict] | None = None, *,
                    mode: str | None = None, k: int | None = None,
-                   sources: list[str] | None = None) -> Iterator:
+                   sources: list[str] | None = None,
+                   sections: list[str] | None = None) -> Iterator:
         """Events from the answerer: text tokens, then Done(answer)."""
         from .answering import Done
 
@@ -179,7 +181,7 @@ class QAService:
             # extractive at once instead of waiting a second time for the same endpoint.
             standalone, llm_error = self.answerer.condense_checked(question, history)
         t0 = time.perf_counter()
-        passages = self.search(standalone, k=k, sources=sources)
+        passages = self.search(standalone, k=k, sources=sources, sections=sections)
         retrieval_s = time.perf_counter() - t0
         if not self.retriever.is_relevant(standalone, passages):
             events = iter([Done(self.answerer.abstain(question, lang, "nothing relevant retrieved"))])

@@ -6,7 +6,8 @@
 Modes: ok, error500 (always 500), flaky (``fail_times`` answers with ``fail_status``, then ok),
 slow (waits ``delay`` seconds before answering), cut (closes the socket halfway through the
 stream), nodone (a clean end without [DONE] nor finish_reason), badjson (an invalid event).
-``answer`` is a string or a function of the request body. With ``ollama=True`` it also
+``answer`` is a string or a function of the request body. ``port`` fixes the port, so that a
+test can ``stop()`` the server and ``start()`` it again where the client expects it. With ``ollama=True`` it also
 answers Ollama's ``/api/version`` and native ``/api/chat`` (NDJSON). ``api_key`` set: requests
 without that Bearer token get a 401 whose body echoes the token they sent, as some servers do.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -37,16 +39,19 @@ class FakeOpenAIServer:
         api_key: str = "",
         models: tuple[str, ...] = ("fake-model",),
         ollama: bool = False,
+        port: int = 0,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         self.answer, self.mode, self.token_delay, self.delay = answer, mode, token_delay, delay
         self.fail_times, self.fail_status, self.api_key = fail_times, fail_status, api_key
         self.models, self.ollama = models, ollama
+        self.port = port  # 0: any free port; a fixed one lets a test stop and restart it
         self.requests: list[dict[str, Any]] = []  # JSON bodies of chat requests, in order
         self.headers: list[dict[str, str]] = []  # their headers
         self.paths: list[str] = []  # every path requested, in order
         self._lock = threading.Lock()
+        self._conns: set[Any] = set()  # open client sockets, closed by stop() like a real exit
         self._stop = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -57,7 +62,8 @@ class FakeOpenAIServer:
         return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
 
     def start(self) -> "FakeOpenAIServer":
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._stop.clear()
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), _handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -70,6 +76,13 @@ class FakeOpenAIServer:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+        with self._lock:  # keep-alive connections die with the server, as in a real stop
+            conns, self._conns = list(self._conns), set()
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         if self._thread is not None:
             self._thread.join(timeout=5)
 
@@ -103,6 +116,19 @@ def _handler(fake: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, *args: Any) -> None:  # keep test output clean
             pass
+
+        def setup(self) -> None:
+            super().setup()
+            with fake._lock:
+                fake._conns.add(self.connection)
+
+        def finish(self) -> None:
+            with fake._lock:
+                fake._conns.discard(self.connection)
+            try:
+                super().finish()
+            except OSError:
+                pass
 
         def do_GET(self) -> None:
             fake._record(self.path, dict(self.headers), None)
