@@ -503,6 +503,22 @@ def _doc_choices(docs: list[tuple[str, str, int]]) -> list[tuple[str, str]]:
     return [(f"{t} — {s}" if t and t != s else s, s) for s, t, _ in docs]
 
 
+def _keep_choices_private(component: gr.components.Component) -> None:
+    """Leave a component's choices (document names) out of the API description.
+
+    Gradio embeds that description in the page it serves to anyone, the login page of an
+    app with a password included, and would list every document name in it (as the enum
+    of the choices and as examples). Names are data, not schema: the description says
+    "a list of strings" and the choices come with the page once logged in."""
+    multiple = isinstance(component, gr.CheckboxGroup) or getattr(component, "multiselect", False)
+    schema = ({"type": "array", "items": {"type": "string"}, "title": "Documents"}
+              if multiple else {"type": "string", "title": "Document"})
+    example = [] if multiple else ""
+    component.api_info = lambda: dict(schema)  # type: ignore[method-assign]
+    component.example_payload = lambda: example  # type: ignore[method-assign]
+    component.example_value = lambda: example  # type: ignore[method-assign]
+
+
 def build_app(service: QAService) -> gr.Blocks:
     settings = service.settings
     try:
@@ -604,6 +620,9 @@ def build_app(service: QAService) -> gr.Blocks:
                 upload_report = gr.HTML("", elem_id="upload-report", padding=False)
                 docs_table = gr.HTML(documents_table_html(docs), elem_id="docs-table",
                                      padding=False)
+
+        for private in (doc_filter, lookup_doc, browse_doc):
+            _keep_choices_private(private)
 
         # ------------------------------------------------------------------ handlers
         def respond(message, history, mode_value, k_value, docs_value, known=None):

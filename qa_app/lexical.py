@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 4  # bump when the analysis changes: older caches are rebuilt
+INDEX_VERSION = 5  # bump when the analysis changes: older caches are rebuilt
 COGNATE_LETTERS = 5  # length of the cross-language key added for longer words
 
 _APOSTROPHES = str.maketrans({"’": "'", "‘": "'", "ʼ": "'", "`": "'"})
@@ -135,6 +135,7 @@ _ORDINALS = {
     "seizieme": 16, "vingtieme": 20, "twentieth": 20, "trentieme": 30, "thirtieth": 30,
     "quarantieme": 40, "fortieth": 40, "cinquantieme": 50, "fiftieth": 50,
     "soixantieme": 60, "sixtieth": 60, "centieme": 100, "hundredth": 100,
+    "millieme": 1000, "thousandth": 1000,
 }
 _CARDINALS = {
     "un": 1, "une": 1, "one": 1, "deux": 2, "two": 2, "trois": 3, "three": 3, "quatre": 4,
@@ -142,8 +143,8 @@ _CARDINALS = {
     "neuf": 9, "nine": 9, "dix": 10, "ten": 10, "onze": 11, "eleven": 11, "douze": 12,
     "twelve": 12, "treize": 13, "quatorze": 14, "quinze": 15, "seize": 16, "vingt": 20,
     "twenty": 20, "trente": 30, "thirty": 30, "quarante": 40, "forty": 40, "cinquante": 50,
-    "fifty": 50, "soixante": 60, "sixty": 60, "cent": 100, "hundred": 100, "mille": 1000,
-    "thousand": 1000,
+    "fifty": 50, "soixante": 60, "sixty": 60, "vingts": 20, "cent": 100, "cents": 100,
+    "hundred": 100, "mille": 1000, "thousand": 1000,
 }
 _NUMBER = re.compile(
     r"(?<![\w/])(\d{1,4})(?:\s?(?:er|re|e|ème|eme|è|st|nd|rd|th))?(?![\w/])|"
@@ -155,19 +156,30 @@ _ORDINAL_SUFFIX = re.compile(r"\d\s?(?:er|re|e|ème|eme|è|st|nd|rd|th)$", re.IG
 
 def _word_number(words: list[str]) -> tuple[int, bool] | None:
     """Value of a (possibly compound) number written in words, and whether it is ordinal:
-    ``vingt-cinquième`` -> (25, True), ``quatre`` -> (4, False)."""
-    total, ordinal = 0, False
+    ``vingt-cinquième`` -> (25, True), ``quatre-vingt-dix`` -> (90, False),
+    ``two hundred`` -> (200, False)."""
+    total = current = 0
+    ordinal = False
     for w in words:
         if w in ("et", "and"):
             continue
-        if w in _ORDINALS:
-            total += _ORDINALS[w]
-            ordinal = True
-        elif w in _CARDINALS and not ordinal:
-            total += _CARDINALS[w]
-        else:
+        if ordinal:  # nothing follows an ordinal word: "vingtième cinq" is two numbers
             return None
-    return (total, ordinal) if total else None
+        value = _ORDINALS.get(w) or _CARDINALS.get(w)
+        if value is None:
+            return None
+        ordinal = w in _ORDINALS
+        if value == 1000:
+            total += max(current, 1) * 1000
+            current = 0
+        elif value == 100:
+            current = max(current, 1) * 100
+        elif value == 20 and current % 100 == 4:  # quatre-vingt(s) = 80
+            current += 76
+        else:
+            current += value
+    value = total + current
+    return (value, ordinal) if value else None
 
 
 def numbers(text: str) -> set[tuple[int, bool]]:

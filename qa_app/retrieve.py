@@ -1,17 +1,19 @@
 """Hybrid retrieval: dense search in Chroma + BM25 + e5 latent terms, fused into one ranking.
 
 question -> dense top n (Chroma) + BM25 top n + latent-term top n (the derived index,
-``qa_app.lexical``) -> each retriever's scores standardised over its own candidates ->
-weighted mean of the z-scores (``fusion.zscore_fusion``) -> top k.
+``qa_app.lexical``) -> each retriever's scores standardised over its own n candidates ->
+weighted mean of the z-scores (``fusion.zscore_fusion``) -> top k. Filters: documents
+(``sources``) and headings (``sections``: a heading path or any parent of it).
 
 Weights depend on the question's language: when it is not the corpus's (an English
 question over French documents), BM25 matches little but names and weighs less; the dense
 model and the latent terms are multilingual and keep their weight.
 
-``is_relevant`` decides abstention without the LLM: the best passage's fused score (how
-many standard deviations it stands above the other candidates, averaged over retrievers)
-must reach ``retrieval.min_relevance``, and the question must not hinge on a number (a
-year, "fifth") that no document mentions. bench/retrieval_experiments.py measures both.
+``is_relevant`` decides abstention without the LLM, on absolute scores (a z-score says
+which passage is best, not whether anything is relevant): the best dense cosine plus the
+best latent-term cosine must reach ``retrieval.min_relevance`` (nothing on topic was
+found), and the question must not hinge on a number (a year, "fifth") that no document
+mentions. bench/retrieval_experiments.py measures both, with margins and leave-one-out.
 """
 
 from __future__ import annotations

@@ -236,6 +236,6 @@ def load_settings(
             problems.append(f"{key}: {msg}")
         raise SettingsError(f"{path}: invalid settings: " + "; ".join(problems)) from None
     settings.source = str(path)
-    if settings.llm.api_key_file:
-        settings.llm_api_key  # noqa: B018 - an unreadable secret file stops here, clearly
+    if settings.llm.api_key_file:  # an unreadable secret file stops here, clearly
+        read_secret_file(settings.llm.api_key_file, "llm.api_key_file")
     return settings

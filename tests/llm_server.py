@@ -63,7 +63,7 @@ class FakeOpenAIServer:
 
     def start(self) -> "FakeOpenAIServer":
         self._stop.clear()
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), _handler(self))
+        self._server = _QuietServer(("127.0.0.1", self.port), _handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -104,6 +104,14 @@ class FakeOpenAIServer:
 
     def _text_for(self, body: dict[str, Any]) -> str:
         return self.answer(body) if callable(self.answer) else self.answer
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that hung up
+            super().handle_error(request, client_address)
 
 
 def _tokens(text: str) -> list[str]:

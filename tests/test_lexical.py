@@ -182,3 +182,10 @@ def test_latent_scores_are_dot_products():
     q = (np.array([5, 7, 9], np.int32), np.array([1.0, 10.0, 1.0], np.float32))
     assert m.scores(q).tolist() == [2.0, 13.0, 0.0]
     assert m.scores((np.array([], np.int32), np.array([], np.float32))).tolist() == [0, 0, 0]
+
+
+def test_compound_cardinals_multiply():
+    assert numbers("quatre-vingt-dix") == {(90, False)}
+    assert numbers("deux cents") == {(200, False)}
+    assert numbers("mille neuf cent quatre-vingt-douze") == {(1992, False)}
+    assert numbers("two hundred and five") == {(205, False)}
