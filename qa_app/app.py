@@ -419,6 +419,7 @@ class UploadResult:
 
 
 from ingest.indexer import uploads_dir  # noqa: E402
+from ingest.loaders import SkipFile, load_document  # noqa: E402
 
 
 def _indexed_files(settings: Settings) -> dict[str, str]:
@@ -458,12 +459,17 @@ def ingest_upload(service: QAService, tmp_path: str | Path, original_name: str |
         if dest.resolve().parent != folder.resolve():
             raise UploadError(f"“{shown}” is not a usable file name")
         replaced = dest.is_file()
-        # Through a hidden temporary file (ingest skips hidden files) and a rename: a full
-        # disk never leaves half a file, nor truncates an earlier upload of the same name.
-        part = folder / f".{name}.part"
+        # Through a hidden temporary file (ingest skips hidden files), checked, then renamed:
+        # a full disk never leaves half a file, and a file that cannot be read as a document
+        # never replaces an earlier upload of the same name (nor its passages).
+        part = folder / f".{Path(name).stem}.part{Path(name).suffix}"
         try:
             shutil.copyfile(tmp_path, part)
+            load_document(part, max_bytes=int(settings.ingest.max_file_mb * 1024 * 1024))
             part.replace(dest)
+        except SkipFile as exc:
+            part.unlink(missing_ok=True)
+            return UploadResult(name, False, f"{name}: not indexed: {exc}")
         except OSError as exc:
             part.unlink(missing_ok=True)
             raise UploadError(f"{name}: not added: cannot store it in {folder}: "

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -85,7 +85,11 @@ class LatentMatrix:
 
     @classmethod
     def build(cls, passages: list[Passage], encoder: LatentEncoder,
-              previous: "LatentMatrix | None" = None) -> "LatentMatrix":
+              previous: "LatentMatrix | None" = None,
+              progress: Callable[[int, int], None] | None = None) -> "LatentMatrix":
+        """Vectors of ``passages``, taken from ``previous`` when it has them (same text,
+        same encoder), else encoded (about half the speed of the dense embedding: one
+        more forward pass per passage). ``progress(done, total)`` follows the encoding."""
         texts = [p.embedding_text() for p in passages]
         keys = [text_key(t) for t in texts]
         known: dict[str, SparseVector] = {}
@@ -94,8 +98,16 @@ class LatentMatrix:
         todo = sum(k not in known for k in keys)
         if todo:
             log.info("encoding latent terms of %d passages (%d reused)", todo, len(keys) - todo)
-        vectors = [known[k] if k in known else encoder.encode(t, PASSAGE_TERMS)
-                   for k, t in zip(keys, texts)]
+        vectors, done = [], 0
+        for k, t in zip(keys, texts):
+            if k in known:
+                vectors.append(known[k])
+                continue
+            vectors.append(encoder.encode(t, PASSAGE_TERMS))
+            known[k] = vectors[-1]  # the same text twice is encoded once
+            done += 1
+            if progress:
+                progress(done, todo)
         return cls(vectors, keys, encoder.encoder_id)
 
     def cosines(self, query: SparseVector, scores: np.ndarray,

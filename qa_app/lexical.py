@@ -28,7 +28,7 @@ import unicodedata
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -232,6 +232,7 @@ class LexicalIndex:
         generation: int = 0,
         encoder: "LatentEncoder | None" = None,
         previous_latent=None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> None:
         import bm25s
 
@@ -256,7 +257,7 @@ class LexicalIndex:
         if encoder is not None and passages:
             from .latent import LatentMatrix
 
-            self.latent = LatentMatrix.build(passages, encoder, previous_latent)
+            self.latent = LatentMatrix.build(passages, encoder, previous_latent, progress)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -372,15 +373,18 @@ def _previous_latent(path: Path):
 
 
 def build_index(passages: list[Passage], generation: int, embedder=None,
-                path: Path | None = None) -> LexicalIndex:
+                path: Path | None = None,
+                progress: Callable[[int, int], None] | None = None) -> LexicalIndex:
     """Build the derived index for ``passages`` (reusing the latent vectors that the index
     cached at ``path`` already holds) and save it there. What ingest and the retriever
-    both call when the collection's generation moved on."""
+    both call when the collection's generation moved on. ``progress(done, total)`` follows
+    the encoding of new passages' latent terms, the slow part."""
     from .latent import latent_encoder
 
     encoder = latent_encoder(embedder) if embedder is not None else None
     previous = _previous_latent(path) if (path is not None and encoder is not None) else None
-    index = LexicalIndex(passages, generation, encoder=encoder, previous_latent=previous)
+    index = LexicalIndex(passages, generation, encoder=encoder, previous_latent=previous,
+                         progress=progress)
     if path is not None:
         try:
             index.save(path)

@@ -391,15 +391,14 @@ class PassageStore:
     def query(
         self, vector: np.ndarray, n: int, sources: list[str] | None = None
     ) -> list[Hit]:
-        total = self.count()
-        if total == 0:
-            return []
+        # No count() first: Chroma 1.x returns what it has when n exceeds it (nothing for
+        # an empty collection), and a count costs a scan per query on a large collection.
         where = None
         if sources:
             where = {"source": sources[0]} if len(sources) == 1 else {"source": {"$in": sources}}
         got = self._run("searching", lambda c: c.query(
             query_embeddings=np.asarray(vector, dtype=np.float32).reshape(1, -1),
-            n_results=min(n, total),
+            n_results=max(1, n),
             where=where,
             include=["documents", "metadatas", "distances"],
         ))

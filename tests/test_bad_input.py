@@ -242,3 +242,13 @@ def test_upload_duplicates_of_an_indexed_document(app, tmp_path):
     added = len(app.service.document("sommet-2.txt"))
     assert added and app.service.store.count() == before + added
     assert (uploads_dir(app.settings) / "sommet-2.txt").is_file()
+    # A broken file under the name of an earlier upload does not replace it.
+    kept = [p.text for p in app.service.document("sommet-2.txt")]
+    broken = tmp_path / "broken" / "sommet-2.txt"
+    broken.parent.mkdir()
+    broken.write_bytes(BINARY)
+    report = _upload(app, broken)
+    assert "sommet-2.txt: not indexed: binary content" in report, report
+    assert [p.text for p in app.service.document("sommet-2.txt")] == kept
+    assert (uploads_dir(app.settings) / "sommet-2.txt").read_text(encoding="utf-8") == \
+        other.read_text(encoding="utf-8")

@@ -163,8 +163,10 @@ def test_build_index_encodes_only_new_passages(tmp_path):
     first = build_index(PASSAGES[:3], 1, emb, path)
     assert first.latent is not None and len(emb.latent.encoded) == 3
     emb.latent.encoded.clear()
-    second = build_index(PASSAGES, 2, emb, path)
+    steps = []
+    second = build_index(PASSAGES, 2, emb, path, progress=lambda i, n: steps.append((i, n)))
     assert emb.latent.encoded == [PASSAGES[3].embedding_text()]  # the other three reused
+    assert steps == [(1, 1)]
     assert LexicalIndex.load(path).generation == 2
     q = emb.latent.encode("le tourisme et la soie", 256)
     scores = second.latent.scores(q)
