@@ -262,10 +262,6 @@ class LexicalIndex:
     def __len__(self) -> int:
         return len(self.ids)
 
-    @property
-    def has_latent(self) -> bool:
-        return self.latent is not None
-
     def mask(self, sources: list[str] | None = None,
              sections: list[str] | None = None) -> np.ndarray | None:
         """Boolean mask of the passages inside the filters, None when there is none. A
@@ -297,14 +293,6 @@ class LexicalIndex:
         scores = self.scores(query, lang)
         if not len(scores):
             return []
-        return top_ids(self.ids, scores, n, self.mask(sources, sections))
-
-    def latent_search(self, query_vector, n: int, sources: list[str] | None = None,
-                      sections: list[str] | None = None) -> list[tuple[str, float]]:
-        """The n best (passage id, latent-term dot product), best first."""
-        if self.latent is None or query_vector is None:
-            return []
-        scores = self.latent.scores(query_vector)
         return top_ids(self.ids, scores, n, self.mask(sources, sections))
 
     # -- cache -----------------------------------------------------------------------
