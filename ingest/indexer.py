@@ -153,6 +153,7 @@ class Indexer:
         self.store = store or PassageStore(settings, self.embedder.model_id, self.embedder.dim)
         self.manifest_file = manifest_path(settings)
         self._writing = ""  # the file whose passages are being swapped, for error messages
+        self._broken = ""  # why the embedded store must not be written again by this process
 
     def chunk_file(self, source: str, path: Path) -> list[Passage]:
         doc = load_document(path, max_bytes=int(self.settings.ingest.max_file_mb * 1024 * 1024))
@@ -173,6 +174,12 @@ class Indexer:
         or files). With ``prune``, documents no longer there are removed; without it
         (adding one upload), the others stay. A write that fails (disk full, read-only
         data directory) raises StoreError with a message for the user."""
+        if self._broken:
+            raise StoreError(
+                f"the embedded index in {self.settings.resolve(self.settings.data_dir)} cannot "
+                f"be written again by this process after a failed write ({self._broken}). "
+                f"Restart it (the app, or run `qa ingest` again) once the cause is fixed; "
+                f"searching and answering still work.")
         self._writing = ""
         try:
             return self._run(corpus, rebuild=rebuild, progress=progress, prune=prune,
@@ -188,6 +195,12 @@ class Indexer:
 
             if not isinstance(exc, ChromaError):
                 raise
+            if self.settings.store.mode == "embedded":
+                # Chroma 1.5's embedded engine can hang forever on the next write after a
+                # failed one (seen after "database or disk is full": the upsert never
+                # returns, even once space is free). Refuse further writes in this process
+                # instead; a new process opens the store cleanly and repairs the file.
+                self._broken = _short(exc)
             raise self._write_error(_short(exc)) from None
 
     def _write_error(self, reason: str) -> StoreError:
