@@ -943,17 +943,35 @@ def _greedy(items: list[_MText], max_tokens: int, count: CountTokens, sep: str) 
     return out
 
 
-def _build_pieces(units: list[_Unit], max_tokens: int, count: CountTokens) -> list[_Piece]:
+def _build_pieces(units: list[_Unit], max_tokens: int, count: CountTokens,
+                  title: str = "") -> list[_Piece]:
     pieces: list[_Piece] = []
     i = 0
     current_no = ""  # para_no inherited by unnumbered paragraphs that follow a numbered one
     current_section = None
+    caption: _MText | None = None  # a long heading waiting for the text under it
+    tnorm = _norm(title).rstrip("…")
     while i < len(units):
         u = units[i]
         if u.kind == "heading":
             current_no = ""
+            # A heading too long for the section label ("Liste des États membres qui se sont
+            # proposés… dans des domaines tels que…") says what follows: it opens the next passage
+            # so that its words are searchable and citable, not only shown clipped. The title is
+            # not repeated: every passage carries it already.
+            last = u.parts[-1] if u.parts else ""
+            long = (len(last) > _SECTION_ELEMENT_MAX and not _ANNEX_RE.match(last)
+                    and not (tnorm and _norm(last).startswith(tnorm)))
+            caption = _find_part(u.text, last) if long else None
             i += 1
             continue
+        # the caption opens the first passage under it, or stands alone before a signature or
+        # a table (whose rows it would blur for the embedding model)
+        lead = [caption] if caption is not None else []
+        if lead and u.kind in ("signature", "table"):
+            pieces.append(_Piece(caption, u.section, "", "body", after_heading=u.heading_before))
+            lead = []
+        caption = None
         if u.section != current_section or u.heading_before:
             current_no = ""
             current_section = u.section
@@ -995,7 +1013,7 @@ def _build_pieces(units: list[_Unit], max_tokens: int, count: CountTokens) -> li
         if len(group) > 1:
             kind = "list"
             para = u.para_no if u.numbered else current_no
-            mts = _pack([g.text for g in group], max_tokens, count)
+            mts = _pack(lead + [g.text for g in group], max_tokens, count)
             for k, mt in enumerate(mts):
                 pieces.append(_Piece(mt, u.section, para, kind, numbered_head=u.numbered and k == 0,
                                      after_heading=after and k == 0))
@@ -1007,11 +1025,18 @@ def _build_pieces(units: list[_Unit], max_tokens: int, count: CountTokens) -> li
                 para, head = u.para_no, True
             else:
                 para, head = ("" if (u.meta or u.dateline) else current_no), False
-            for k, mt in enumerate(_split_text(u.text, max_tokens, count)):
+            text = _MText.join(lead + [u.text], "\n")
+            for k, mt in enumerate(_split_text(text, max_tokens, count)):
                 pieces.append(_Piece(mt, u.section, para, "body", numbered_head=head and k == 0,
                                      after_heading=after and k == 0, unit=i))
         i = j
     return pieces
+
+
+def _find_part(mt: _MText, part: str) -> _MText | None:
+    """The stretch of a heading's text that holds one of its parts (whitespace may differ)."""
+    m = re.search(r"\s+".join(map(re.escape, part.split())), mt.text)
+    return mt.sub(m.start(), m.end()) if m else None
 
 
 def _merge_small(pieces: list[_Piece], min_chars: int, max_tokens: int, count: CountTokens) -> list[_Piece]:
@@ -1075,7 +1100,7 @@ def chunk_document(
     units = _structure(units, st)
     title = _title_from_units(units, doc.source)
     _assign_sections(units, title)
-    pieces = _build_pieces(units, max_tokens, count)
+    pieces = _build_pieces(units, max_tokens, count, title)
     pieces = _merge_small(pieces, min_chars, max_tokens, count)
 
     passages: list[Passage] = []

@@ -32,7 +32,7 @@ from .manifest import FileEntry, Manifest, file_sha256
 
 log = logging.getLogger(__name__)
 
-CHUNKER_VERSION = "2"
+CHUNKER_VERSION = "3"
 HEADER_TOKENS = 96
 
 

@@ -68,8 +68,20 @@ NOTICES = {
         "en": "The first passage was cut to fit the model's context.",
     },
     "no_passages": {
-        "fr": "aucun passage trouvé",
-        "en": "no passage found",
+        "fr": "Aucun passage trouvé.",
+        "en": "No passage found.",
+    },
+    "not_relevant": {
+        "fr": "Aucun passage assez proche de la question n'a été trouvé.",
+        "en": "No passage close enough to the question was found.",
+    },
+    "unknown_number": {
+        "fr": "Les documents ne mentionnent jamais : {numbers}.",
+        "en": "The documents never mention: {numbers}.",
+    },
+    "no_amount": {
+        "fr": "Aucun des passages trouvés n'indique de montant.",
+        "en": "None of the passages found states an amount of money.",
     },
 }
 

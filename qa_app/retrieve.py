@@ -12,8 +12,9 @@ model and the latent terms are multilingual and keep their weight.
 ``is_relevant`` decides abstention without the LLM, on absolute scores (a z-score says
 which passage is best, not whether anything is relevant): the best dense cosine plus the
 best latent-term cosine must reach ``retrieval.min_relevance`` (nothing on topic was
-found), and the question must not hinge on a number (a year, "fifth") that no document
-mentions. bench/retrieval_experiments.py measures both, with margins and leave-one-out.
+found), the question must not hinge on a number (a year, "fifth") that no document
+mentions, and a question about an amount of money needs a passage that states one
+(``qa_app.answer_type``). bench/retrieval_experiments.py measures both, with margins and leave-one-out.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from functools import cached_property
 
 import numpy as np
 
+from .answer_type import missing_answer_type
 from .embedder import Embedder
 from .fusion import zscore_fusion
 from .language import detect_language
@@ -159,20 +161,32 @@ class Retriever:
         return (max(dense) if dense else 0.0) + max(latent)
 
     def is_relevant(self, question: str, results: list[ScoredPassage]) -> bool:
-        """Whether the retrieved passages are relevant enough to answer from (else the
-        service abstains without calling the LLM): something was found, the question does
-        not hinge on a number (a year, "fifth") that no document mentions, and the
-        results' relevance reaches ``retrieval.min_relevance``."""
+        return self.abstention(question, results) is None
+
+    def abstention(self, question: str, results: list[ScoredPassage]
+                   ) -> tuple[str, dict[str, str]] | None:
+        """Why the retrieved passages cannot answer the question, as a notice key and its
+        fields (the service then abstains without calling the LLM), or None when they may:
+        something was found, the question does not hinge on a number (a year, "fifth") that
+        no document mentions, the passages hold the kind of answer it asks for (an amount
+        of money), and the results' relevance reaches ``retrieval.min_relevance``."""
         if not results:
-            return False
+            return "no_passages", {}
         r = self.settings.retrieval
         if r.abstain_on_unknown_numbers:
             missing = unknown_numbers(question, self.lexical().numbers)
             if missing:
                 log.info("abstaining: the documents never mention %s", missing)
-                return False
+                return "unknown_number", {"numbers": ", ".join(map(str, missing))}
+        if r.abstain_on_missing_answer_type:
+            kind = missing_answer_type(question, [x.passage.text for x in results])
+            if kind:
+                log.info("abstaining: no retrieved passage states %s", kind)
+                return "no_amount", {}
         relevance = self.relevance(results)
-        return relevance is None or relevance >= r.min_relevance
+        if relevance is not None and relevance < r.min_relevance:
+            return "not_relevant", {}
+        return None
 
 
 def _order(scores: np.ndarray, n: int, mask: np.ndarray | None) -> np.ndarray:

@@ -53,8 +53,12 @@ class Passage:
         return ", ".join(parts)
 
     def embedding_text(self) -> str:
-        """What is embedded: the passage with its document and section as context."""
-        header = " — ".join(x for x in (self.title, self.section) if x)
+        """What is embedded: the passage with its document and section as context (a heading
+        that the passage itself opens with is not repeated)."""
+        section = self.section.split(" > ")
+        if section and self.text.startswith(section[-1].rstrip("…")):
+            section.pop()
+        header = " — ".join(x for x in (self.title, " > ".join(section)) if x)
         return f"{header}\n{self.text}" if header else self.text
 
     def to_metadata(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Iterator
 
+from .answering import Done, notice
 from .components import Components
 from .language import detect_language
 from .schema import Answer, Passage, ScoredPassage
@@ -169,11 +170,9 @@ class QAService:
                    sources: list[str] | None = None,
                    sections: list[str] | None = None) -> Iterator:
         """Events from the answerer: text tokens, then Done(answer)."""
-        from .answering import Done
-
         started = time.perf_counter()
         mode = mode or self.settings.answer.mode
-        question, notice = self._bounded(question)
+        question, cut_notice = self._bounded(question)
         lang = detect_language(question)
         standalone, llm_error = question, ""
         if history and mode != "extractive":
@@ -183,8 +182,10 @@ class QAService:
         t0 = time.perf_counter()
         passages = self.search(standalone, k=k, sources=sources, sections=sections)
         retrieval_s = time.perf_counter() - t0
-        if not self.retriever.is_relevant(standalone, passages):
-            events = iter([Done(self.answerer.abstain(question, lang, "nothing relevant retrieved"))])
+        why = self.retriever.abstention(standalone, passages)
+        if why is not None:
+            reason = notice(why[0], lang, **why[1])
+            events = iter([Done(self.answerer.abstain(question, lang, reason))])
         else:
             n = self.settings.answer.context_passages
             events = self.answerer.stream(question, passages[:n], mode=mode, lang=lang,
@@ -195,15 +196,13 @@ class QAService:
                 answer.passages = passages  # the whole ranking, for the sources panel and eval
                 answer.timings["retrieval"] = retrieval_s
                 answer.timings["total"] = time.perf_counter() - started
-                if notice:
-                    answer.notice = " ".join(x for x in (notice, answer.notice) if x)
+                if cut_notice:
+                    answer.notice = " ".join(x for x in (cut_notice, answer.notice) if x)
                 if standalone != question:
                     answer.timings["condensed"] = 1.0
             yield event
 
     def ask(self, question: str, history: list[dict] | None = None, **kw) -> Answer:
-        from .answering import Done
-
         for event in self.ask_stream(question, history, **kw):
             if isinstance(event, Done):
                 return event.answer

@@ -77,6 +77,7 @@ class RetrievalSettings(_Section):
     min_relevance: float = Field(0.98, ge=0.0, le=2.0)
     # Abstain when the question names a number (a year, "fifth") that no document mentions.
     abstain_on_unknown_numbers: bool = True
+    abstain_on_missing_answer_type: bool = True
 
 
 class LLMSettings(_Section):

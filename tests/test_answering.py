@@ -178,7 +178,7 @@ def test_no_llm_auto_mode_is_extractive_and_llm_mode_says_why():
 def test_no_passages_abstains_and_abstain_helper():
     answer = make_answerer().answer("What is CICA Day?", [])
     assert answer.mode == "abstained" and answer.text == refusal_sentence("en")
-    assert answer.notice == "no passage found"
+    assert answer.notice == "No passage found."
     explicit = make_answerer().abstain("Qui ?", "fr", "rien de pertinent")
     assert explicit.text == refusal_sentence("fr") and explicit.notice == "rien de pertinent"
 

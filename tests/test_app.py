@@ -170,6 +170,18 @@ def test_ask_json_returns_a_cited_extractive_answer(client):
     assert all(f"[{c['marker']}]" in answer["text"] for c in answer["citations"])
 
 
+def test_ask_json_abstains_with_the_reason(client):
+    """Abstention without the LLM says why: a year no document mentions, an amount of money
+    that no passage states."""
+    year = client.predict("Qui présidait la CICA en 1987 ?", "auto", 5, [], api_name="/ask_json")
+    assert year["mode"] == "abstained" and year["citations"] == []
+    assert year["text"] == "Les documents fournis ne permettent pas de répondre à cette question."
+    assert "1987" in year["notice"]
+    cost = client.predict("How much did the 2006 Almaty summit cost?", "auto", 5, [],
+                          api_name="/ask_json")
+    assert cost["mode"] == "abstained" and "amount of money" in cost["notice"]
+
+
 def test_lookup_search_with_and_without_document_filter(client):
     html = client.predict("adhésion de la Thaïlande", "", api_name="/lookup")
     assert "qa-card" in html and "Thaïlande" in html

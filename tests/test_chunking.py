@@ -159,6 +159,11 @@ def test_list_stays_with_its_lead_in():
 def test_table_rows_stay_together():
     ps = chunks("004")
     t = next(p for p in ps if p.text.startswith("État Membre Mesures de confiance spécifiques"))
+    # the long heading over the table is a passage of its own: searchable and citable
+    caption = ps[t.position - 1]
+    assert caption.text.startswith("Liste des États membres qui se sont proposés comme pays")
+    assert caption.text.endswith("dans des domaines tels que l’économie, l’environnement, "
+                                 "l’action humanitaire et les nouveaux défis et nouvelles menaces")
     assert "Turquie Nouveaux défis et nouvelles menaces" in t.text and "Kazakhstan À déterminer" in t.text
     assert t.section.startswith("Pièce jointe > Liste des États membres")
 

@@ -165,6 +165,14 @@ def test_is_relevant_unknown_numbers(retriever):
     assert retriever.is_relevant("Qui a adhéré en 2019 ?", good)
 
 
+def test_is_relevant_money_needs_an_amount(retriever):
+    good = scored((0.95, 0.40))  # on topic, and none of PASSAGES states an amount of money
+    assert not retriever.is_relevant("Quel a été le coût des réunions du secrétariat ?", good)
+    assert retriever.is_relevant("Quel est le rôle du secrétariat ?", good)
+    retriever.settings.retrieval.abstain_on_missing_answer_type = False
+    assert retriever.is_relevant("Quel a été le coût des réunions du secrétariat ?", good)
+
+
 # -- the real seeds with the real default model ----------------------------------------------
 @pytest.fixture(scope="module")
 def seeds_retriever(tmp_path_factory):
