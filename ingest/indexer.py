@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from qa_app.embedder import Embedder, make_embedder
+from qa_app.embedder import Embedder, embedder_from_settings
 from qa_app.lexical import build_index
 from qa_app.schema import Passage
 from qa_app.settings import Settings
@@ -149,7 +149,7 @@ class Indexer:
     def __init__(self, settings: Settings, embedder: Embedder | None = None,
                  store: PassageStore | None = None) -> None:
         self.settings = settings
-        self.embedder = embedder or make_embedder(settings.embedding.model, settings.embedding.threads)
+        self.embedder = embedder or embedder_from_settings(settings)
         self.store = store or PassageStore(settings, self.embedder.model_id, self.embedder.dim)
         self.manifest_file = manifest_path(settings)
         self._writing = ""  # the file whose passages are being swapped, for error messages

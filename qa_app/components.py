@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import cached_property
 
-from .embedder import Embedder, make_embedder
+from .embedder import Embedder, embedder_from_settings
 from .settings import Settings
 from .store import PassageStore
 
@@ -24,8 +24,7 @@ class Components:
 
     @cached_property
     def embedder(self) -> Embedder:
-        e = self.settings.embedding
-        return make_embedder(e.model, e.threads)
+        return embedder_from_settings(self.settings)
 
     @cached_property
     def store(self) -> PassageStore:

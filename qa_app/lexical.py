@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 5  # bump when the analysis changes: older caches are rebuilt
+INDEX_VERSION = 6  # bump when the analysis changes: older caches are rebuilt
 COGNATE_LETTERS = 5  # length of the cross-language key added for longer words
 
 _APOSTROPHES = str.maketrans({"’": "'", "‘": "'", "ʼ": "'", "`": "'"})

@@ -141,7 +141,7 @@ class Retriever:
         if enc is not None and index.latent is not None:
             from .latent import QUERY_TERMS
 
-            qlat = enc.encode(question, QUERY_TERMS)
+            qlat = enc.encode(question, QUERY_TERMS, query=True)
             dots = index.latent.scores(qlat)
             order = _order(dots, n, mask)
             if weights["latent"] > 0:
@@ -191,10 +191,13 @@ class Retriever:
 
 def _order(scores: np.ndarray, n: int, mask: np.ndarray | None) -> np.ndarray:
     """Indices of the n best scores inside the mask, zeros included: z-scores need the
-    whole window, not only the passages that matched a word."""
+    whole window, not only the passages that matched a word. Ties keep index order."""
     if not len(scores):
         return np.zeros(0, dtype=np.int64)
-    if mask is not None:
-        allowed = np.flatnonzero(mask)
-        return allowed[np.argsort(-scores[allowed], kind="stable")][:n]
-    return np.argsort(-scores, kind="stable")[:n]
+    allowed = np.flatnonzero(mask) if mask is not None else np.arange(len(scores))
+    values = scores[allowed]
+    if len(values) > n:  # partial selection first: a full sort is ~10 ms at 100k passages
+        cut = np.partition(values, len(values) - n)[len(values) - n]
+        keep = np.flatnonzero(values >= cut)
+        allowed, values = allowed[keep], values[keep]
+    return allowed[np.argsort(-values, kind="stable")][:n]

