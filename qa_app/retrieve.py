@@ -125,8 +125,15 @@ class Retriever:
         runs: dict[str, list[tuple[str, float]]] = {}
         cosines: dict[str, float] = {}
         hits = []
+        enc = self.latent_encoder
+        qlat = None
         if weights["dense"] > 0:
-            qvec = self.embedder.embed_queries([question])[0]
+            if getattr(enc, "fused", False) and index.latent is not None:
+                # both of the question's vectors from one encoder pass
+                dense, (qlat,) = self.embedder.embed_with_latent([question], True)
+                qvec = dense[0]
+            else:
+                qvec = self.embedder.embed_queries([question])[0]
             fetch = min(SECTION_FETCH, max(n, len(index))) if sections else n
             hits = self.store.query(qvec, fetch, sources)
             if sections:
@@ -137,11 +144,12 @@ class Retriever:
         if weights["lexical"] > 0:
             bm25 = index.scores(question, lang)
             runs["lexical"] = [(index.ids[i], float(bm25[i])) for i in _order(bm25, n, mask)]
-        enc = self.latent_encoder
         if enc is not None and index.latent is not None:
             from .latent import QUERY_TERMS
 
-            qlat = enc.encode(question, QUERY_TERMS, query=True)
+            if qlat is None:
+                qlat = enc.encode(question, QUERY_TERMS, query=True)
+            qlat = (qlat[0][:QUERY_TERMS], qlat[1][:QUERY_TERMS])
             dots = index.latent.scores(qlat)
             order = _order(dots, n, mask)
             if weights["latent"] > 0:

