@@ -204,6 +204,14 @@ class ScaleEmbedder:
     def embed_passages(self, texts):  # pragma: no cover - passages get derived vectors
         return self.real.embed_passages(texts)
 
+    def embed_with_latent(self, texts: list[str], query: bool, keep: bool = False):
+        """Questions' dense vectors and latent terms in one pass, as the retriever asks the
+        fused engine (precomputed ones when ``questions`` was given)."""
+        if self.q_dense and all(t in self.q_dense for t in texts):
+            return (np.stack([self.q_dense[t] for t in texts]),
+                    [self.q_latent[t] for t in texts])
+        return self.real.embed_with_latent(texts, query, keep)
+
     def count_tokens(self, text: str) -> int:
         return self.real.count_tokens(text)
 
@@ -215,6 +223,7 @@ class _ScaleLatent:
     def __init__(self, owner: ScaleEmbedder) -> None:
         self.owner = owner
         self.encoder_id = owner.real_latent.encoder_id  # the real model's: caches agree
+        self.fused = getattr(owner.real_latent, "fused", False)
 
     def encode(self, text: str, top_k: int, query: bool = False):
         from qa_app.latent import text_key

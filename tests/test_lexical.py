@@ -191,3 +191,19 @@ def test_compound_cardinals_multiply():
     assert numbers("deux cents") == {(200, False)}
     assert numbers("mille neuf cent quatre-vingt-douze") == {(1992, False)}
     assert numbers("two hundred and five") == {(205, False)}
+
+
+def test_scores_equal_bm25s_own():
+    """The sparse-matrix scoring gives bm25s's scores (repeated question words count twice)."""
+    import bm25s
+
+    from qa_app.lexical import index_terms
+
+    index = LexicalIndex(PASSAGES)
+    ref = bm25s.BM25()
+    ref.index([index_terms(p.embedding_text(), "fr") for p in PASSAGES], show_progress=False)
+    for q in ("tourisme et route de la soie", "sécurité sécurité énergétique", "xyzzy"):
+        tokens = index_terms(q, "fr")
+        known = [t for t in tokens if t in ref.vocab_dict]
+        want = ref.get_scores(known) if known else np.zeros(len(PASSAGES))
+        assert np.allclose(index.scores(q, "fr"), want, atol=1e-5)
