@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .answering import Done, notice
+from .similarity import SentenceVectors
 from .components import Components
 from .language import detect_language
 from .schema import Answer, Passage, ScoredPassage
@@ -105,7 +106,7 @@ class QAService:
     def answerer(self):
         from .answering import Answerer
 
-        return Answerer(self.settings, self.llm, self.components.embedder)
+        return Answerer(self.settings, self.llm, SentenceVectors(self.components.embedder))
 
     # -- status ----------------------------------------------------------------------
     def llm_status(self, max_age: float = PROBE_OK_SECONDS) -> dict:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import Counter
+import threading
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,3 +95,37 @@ def score(queries: list[str], candidates: list[str], embed=None, lang: str | Non
         except Exception as exc:  # noqa: BLE001 - embeddings only refine; words suffice
             log.warning("embedding failed, using word overlap only: %s", exc)
     return Scores(lexical, cosine, shared)
+
+
+class SentenceVectors:
+    """An embedder's vectors for sentence matching, remembered (least recently used out):
+    the sentences of a passage come back with every question that retrieves it, and one
+    call per batch of new sentences replaces one per sentence list."""
+
+    def __init__(self, embedder, max_items: int = 50_000) -> None:
+        self.embedder = embedder
+        self.max_items = max_items
+        self._lock = threading.Lock()
+        self._vectors: OrderedDict[tuple[bool, str], np.ndarray] = OrderedDict()
+
+    def _get(self, texts: list[str], query: bool) -> np.ndarray:
+        keys = [(query, t) for t in texts]
+        with self._lock:
+            known = {k: self._vectors[k] for k in keys if k in self._vectors}
+        missing = list(dict.fromkeys(k for k in keys if k not in known))
+        if missing:
+            embed = self.embedder.embed_queries if query else self.embedder.embed_passages
+            known.update(zip(missing, np.asarray(embed([t for _, t in missing]), np.float32)))
+        with self._lock:
+            for k in keys:
+                self._vectors[k] = known[k]
+                self._vectors.move_to_end(k)
+            while len(self._vectors) > self.max_items:
+                self._vectors.popitem(last=False)
+        return np.stack([known[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        return self._get(texts, True)
+
+    def embed_passages(self, texts: list[str]) -> np.ndarray:
+        return self._get(texts, False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import time
 
+import numpy as np
 import pytest
 
 from qa_app.answering import Answerer, Done, Token
@@ -192,3 +193,29 @@ def test_condense_uses_the_llm_and_falls_back_to_the_question():
     assert make_answerer().condense("Qui l'a signé ?", history) == "Qui l'a signé ?"
     down = make_answerer(f"http://127.0.0.1:{closed_port()}/v1")
     assert down.condense("Qui l'a signé ?", history) == "Qui l'a signé ?"
+
+
+def test_sentence_vectors_are_remembered_and_batched():
+    from qa_app.similarity import SentenceVectors
+
+    class Counting:
+        def __init__(self):
+            self.calls = []
+
+        def embed_queries(self, texts):
+            self.calls.append(("q", list(texts)))
+            return np.array([[len(t), 1.0] for t in texts], np.float32)
+
+        def embed_passages(self, texts):
+            self.calls.append(("p", list(texts)))
+            return np.array([[len(t), 2.0] for t in texts], np.float32)
+
+    inner = Counting()
+    vecs = SentenceVectors(inner, max_items=3)
+    assert vecs.embed_passages(["a", "bb", "a"]).tolist() == [[1, 2], [2, 2], [1, 2]]
+    assert inner.calls == [("p", ["a", "bb"])]  # one call, each text once
+    vecs.embed_passages(["bb", "ccc"])
+    assert inner.calls[-1] == ("p", ["ccc"])  # "bb" remembered
+    assert vecs.embed_queries(["a"]).tolist() == [[1, 1]]  # queries apart from passages
+    vecs.embed_passages(["a"])  # evicted (max 3 items): computed again
+    assert inner.calls[-1] == ("p", ["a"])
