@@ -44,6 +44,7 @@ class IngestReport:
     unchanged: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     repaired: list[str] = field(default_factory=list)
+    rechunked: bool = False  # the chunking changed since the last run: every file redone
     passages_by_file: dict[str, int] = field(default_factory=dict)  # files written this run
     embedded: int = 0
     total_passages: int = 0
@@ -61,6 +62,8 @@ class IngestReport:
             f"passages: {self.embedded} embedded, {self.total_passages} in the index",
             f"time: {self.seconds:.2f} s",
         ]
+        if self.rechunked:
+            lines.append("the chunking changed since the last ingest: every file was re-chunked")
         if self.repaired:
             lines.append(f"repaired after an interrupted run: {', '.join(self.repaired)}")
         lines += [f"skipped {name}: {reason}" for name, reason in self.skipped]
@@ -242,7 +245,10 @@ class Indexer:
         _ = self.store.collection  # refuses a collection made with another model
         manifest.model_id = self.embedder.model_id
         if manifest.chunking and manifest.chunking != signature:
-            manifest.files = {}  # chunking changed: every file is re-chunked
+            # new chunking (settings, model or chunker version): every file counts as updated
+            for entry in manifest.files.values():
+                entry.sha256 = ""
+            report.rechunked = True
         manifest.chunking = signature
         self._repair(manifest, report)
 

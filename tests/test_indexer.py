@@ -91,6 +91,19 @@ def test_incremental_cases(tmp_path, corpus):
     assert ids_by_source(comps) == {k: v for k, v in after.items() if k != "c.txt"}
 
 
+def test_new_chunking_redoes_every_file_as_an_update(tmp_path, corpus):
+    settings = make_settings(tmp_path)
+    comps = Components(settings)
+    comps.indexer.run(corpus, progress=False)
+    settings.chunking.max_tokens = 64  # another chunking: every file must be re-cut
+    redo = comps.indexer.run(corpus, progress=False)
+    assert redo.rechunked and not redo.repaired
+    assert sorted(redo.updated) == ["a.txt", "b.md", "c.txt"]
+    assert "every file was re-chunked" in redo.summary()
+    assert comps.store.count() == redo.total_passages == sum(redo.passages_by_file.values())
+    assert not comps.indexer.run(corpus, progress=False).changed
+
+
 def test_generation_moves_only_on_change(tmp_path, corpus):
     comps = Components(make_settings(tmp_path))
     comps.indexer.run(corpus, progress=False)
