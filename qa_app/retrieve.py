@@ -14,7 +14,8 @@ which passage is best, not whether anything is relevant): the best dense cosine 
 best latent-term cosine must reach ``retrieval.min_relevance`` (nothing on topic was
 found), the question must not hinge on a number (a year, "fifth") that no document
 mentions, and a question about an amount of money needs a passage that states one
-(``qa_app.answer_type``). bench/retrieval_experiments.py measures both, with margins and leave-one-out.
+(``qa_app.answer_type``). bench/retrieval_experiments.py measures them, with margins and
+leave-one-out.
 """
 
 from __future__ import annotations
