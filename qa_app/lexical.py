@@ -335,16 +335,25 @@ def section_matches(section: str, wanted: list[str]) -> bool:
     return False
 
 
+def top_indices(scores: np.ndarray, n: int, mask: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the n best scores inside the mask, best first, zeros included (z-scores
+    need the whole window, not only the passages that matched a word). Ties keep index
+    order."""
+    if not len(scores) or n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    allowed = np.flatnonzero(mask) if mask is not None else np.arange(len(scores))
+    values = scores[allowed]
+    if len(values) > n:  # partial selection first: a full sort is ~10 ms at 100k passages
+        cut = np.partition(values, len(values) - n)[len(values) - n]
+        keep = np.flatnonzero(values >= cut)
+        allowed, values = allowed[keep], values[keep]
+    return allowed[np.argsort(-values, kind="stable")][:n]
+
+
 def top_ids(ids: list[str], scores: np.ndarray, n: int,
             mask: np.ndarray | None = None) -> list[tuple[str, float]]:
     """(id, score) of the n highest positive scores, best first; ties keep index order."""
-    if mask is not None:
-        scores = np.where(mask, scores, 0.0)
-    n = min(n, len(scores))
-    if n <= 0:
-        return []
-    top = np.argsort(-scores, kind="stable")[:n]
-    return [(ids[i], float(scores[i])) for i in top if scores[i] > 0]
+    return [(ids[i], float(scores[i])) for i in top_indices(scores, n, mask) if scores[i] > 0]
 
 
 def _previous_latent(path: Path):
