@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     emb.save()
     scorer = load_scorer()
     datasets = args.dataset or [str(ROOT / "eval" / "dev.jsonl"),
-                                str(ROOT / "bench" / "retrieval_questions.jsonl")]
+                                str(ROOT / "bench" / "retrieval_questions.jsonl"),
+                                str(ROOT / "bench" / "heldout_questions.jsonl")]
     all_results = []
     for path in datasets:
         questions = load_dataset(Path(path))
@@ -226,6 +227,9 @@ def ablations(retriever: Retriever, settings, questions, scorer) -> None:
         "no latent (dense+BM25)": dict(latent_weight=0),
         "no BM25 (dense+latent)": dict(lexical_weight=0, crosslingual_lexical_weight=0),
         "no language-aware weight": dict(crosslingual_lexical_weight=base.lexical_weight),
+        "weighted mean (sharpness 0)": dict(fusion_sharpness=0),
+        "no dense guarantee": dict(dense_guaranteed=0),
+        "neither (stop 2's fusion)": dict(fusion_sharpness=0, dense_guaranteed=0),
         "crosslingual BM25 weight 0": dict(crosslingual_lexical_weight=0),
         "candidates 20": dict(candidates=20),
         "candidates 100": dict(candidates=100),

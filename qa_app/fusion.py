@@ -40,10 +40,15 @@ def zscores(scores: list[float]) -> tuple[list[float], float]:
 
 
 def zscore_fusion(
-    runs: dict[str, list[tuple[str, float]]], weights: dict[str, float] | None = None
+    runs: dict[str, list[tuple[str, float]]], weights: dict[str, float] | None = None,
+    sharpness: float = 0.0,
 ) -> list[tuple[str, float, dict[str, float]]]:
     """Score-based fusion: each retriever's scores become z-scores over its own candidates,
-    and a passage's fused score is the weighted mean of its z-scores.
+    and a passage's fused score is their weighted mean, or with ``sharpness`` b > 0 their
+    weighted soft maximum, log(sum_r w_r exp(b z_r)) / b (weights summing to 1): between
+    the mean (b -> 0) and the best z (b -> inf), so that one retriever that is sure of a
+    passage that the others miss (a paraphrase only the dense model matches) is not
+    averaged away.
 
     ``runs`` maps a retriever name to its candidates as (id, score), higher is better,
     computed over the same depth for every retriever (its top n, zeros included). A
@@ -69,7 +74,29 @@ def zscore_fusion(
     out = []
     for pid in order:
         parts = {name: z.get(pid, floor) for name, (z, floor) in per_run.items()}
-        fused = sum(weights.get(name, 1.0) * parts[name] for name in parts) / total
+        if sharpness > 0:
+            fused = math.log(sum(weights.get(name, 1.0) / total * math.exp(sharpness * z)
+                                 for name, z in parts.items())) / sharpness
+        else:
+            fused = sum(weights.get(name, 1.0) * parts[name] for name in parts) / total
         out.append((pid, fused, parts))
     out.sort(key=lambda item: (-item[1], order[item[0]]))
     return out
+
+
+def guarantee(order: list[str], required: list[str], within: int) -> list[str]:
+    """``order`` with every id of ``required`` among its first ``within`` places: one that
+    is further down (or absent) moves up to the last of those places, pushing the others
+    down by one. The ids already inside keep their order; ``required`` beyond ``within``
+    is cut to ``within``."""
+    required = [pid for pid in dict.fromkeys(required)][:within]
+    head = order[:within]
+    for pid in required:
+        if pid in head:
+            continue
+        if len(head) >= within:  # full: the last id that is not itself required makes room
+            i = max(i for i, other in enumerate(head) if other not in required)
+            del head[i]
+        head.append(pid)
+    head_set = set(head)
+    return head + [pid for pid in order if pid not in head_set]

@@ -2,7 +2,8 @@
 
 question -> dense top n (Chroma) + BM25 top n + latent-term top n (the derived index,
 ``qa_app.lexical``) -> each retriever's scores standardised over its own n candidates ->
-weighted mean of the z-scores (``fusion.zscore_fusion``) -> top k. Filters: documents
+weighted soft maximum of the z-scores (``fusion.zscore_fusion``) -> the dense model's best
+``retrieval.dense_guaranteed`` moved into the first 5 if fusion left them out -> top k. Filters: documents
 (``sources``) and headings (``sections``: a heading path or any parent of it).
 
 Weights depend on the question's language: when it is not the corpus's (an English
@@ -28,7 +29,7 @@ import numpy as np
 
 from .answer_type import missing_answer_type
 from .embedder import Embedder
-from .fusion import zscore_fusion
+from .fusion import guarantee, zscore_fusion
 from .language import detect_language
 from .lexical import (
     LexicalIndex, build_index, section_matches, top_indices, unknown_numbers,
@@ -39,6 +40,7 @@ from .store import PassageStore, data_path
 
 log = logging.getLogger(__name__)
 
+GUARANTEED_WITHIN = 5  # the dense model's best are kept among this many first results
 SECTION_FETCH = 1000  # dense candidates fetched before a section filter is applied
 
 
@@ -97,7 +99,15 @@ class Retriever:
         k = k or self.settings.retrieval.top_k
         runs, weights, hits, index, cosines = self.runs(
             question, max(self.settings.retrieval.candidates, k), sources, sections)
-        fused = zscore_fusion(runs, weights)[:k]
+        r = self.settings.retrieval
+        fused = zscore_fusion(runs, weights, r.fusion_sharpness)
+        if r.dense_guaranteed and runs.get("dense"):
+            by_id = {item[0]: item for item in fused}
+            order = guarantee([item[0] for item in fused],
+                              [pid for pid, _ in runs["dense"][:r.dense_guaranteed]],
+                              min(GUARANTEED_WITHIN, k))
+            fused = [by_id[pid] for pid in order]
+        fused = fused[:k]
         raw = {name: dict(run) for name, run in runs.items()}
         passages: dict[str, Passage] = {h.passage.id: h.passage for h in hits}
         for pid, _, _ in fused:

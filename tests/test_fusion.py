@@ -72,3 +72,36 @@ def test_zscore_fusion_weights_zero_and_empty_runs():
 def test_zscore_fusion_ties_keep_first_seen_order():
     out = zscore_fusion({"a": [("x", 1.0), ("y", 1.0)]})
     assert [p for p, *_ in out] == ["x", "y"]
+
+
+def test_zscore_fusion_sharpness_is_a_soft_maximum():
+    runs = {"a": [("x", 3.0), ("y", 1.0), ("z", 2.0)], "b": [("y", 10.0), ("x", 0.0)]}
+    mean = {p: s for p, s, _ in zscore_fusion(runs)}
+    for b in (0.25, 1.0, 4.0):
+        out = {p: (s, parts) for p, s, parts in zscore_fusion(runs, sharpness=b)}
+        for pid, (score, parts) in out.items():
+            assert math.isclose(score, math.log(sum(math.exp(b * z) for z in parts.values())
+                                                / len(parts)) / b)
+            assert mean[pid] - 1e-9 <= score <= max(parts.values()) + 1e-9
+    # a passage one retriever is sure of, that the other misses, against one that both
+    # rank in the middle: the mean prefers the latter, the soft maximum the former
+    a = [("sure", 10.0), ("mid", 5.0), ("p", 4.0), ("q", 3.0), ("r", 0.0)]
+    b = [("mid", 5.0), ("p", 4.8), ("q", 4.6), ("r", 4.4), ("s", 0.0)]
+    assert [p for p, *_ in zscore_fusion({"a": a, "b": b})][0] == "mid"
+    assert [p for p, *_ in zscore_fusion({"a": a, "b": b}, sharpness=1.0)][0] == "sure"
+
+
+def test_guarantee_moves_required_ids_into_the_head():
+    from qa_app.fusion import guarantee
+
+    order = ["a", "b", "c", "d", "e", "f", "g"]
+    assert guarantee(order, ["a", "b"], 5) == order  # already in
+    # g moves to the 5th place; e, pushed out, comes right after the head
+    assert guarantee(order, ["g"], 5) == ["a", "b", "c", "d", "g", "e", "f"]
+    assert guarantee(order, ["f", "g"], 5) == ["a", "b", "c", "f", "g", "d", "e"]
+    # a required id never pushes out another required one
+    assert guarantee(order, ["e", "g"], 5) == ["a", "b", "c", "e", "g", "d", "f"]
+    # an id absent from the ranking is added; short rankings just grow
+    assert guarantee(["a", "b"], ["z"], 5) == ["a", "b", "z"]
+    assert guarantee(order, ["f", "g", "e"], 2) == ["f", "g", "a", "b", "c", "d", "e"]
+    assert guarantee([], [], 5) == [] and guarantee(order, [], 5) == order

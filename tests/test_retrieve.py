@@ -3,6 +3,8 @@ abstention; and one test on the real seeds with the real default model."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -88,9 +90,31 @@ def test_search_fuses_three_retrievers(retriever):
     best = results[0].scores
     assert {"dense", "lexical", "latent", "latent_cos", "z_dense", "z_lexical",
             "z_latent"} <= set(best)
-    assert results[0].score == pytest.approx(
-        (best["z_dense"] + best["z_lexical"] + best["z_latent"]) / 3, abs=1e-3)
-    assert [r.score for r in results] == sorted((r.score for r in results), reverse=True)
+    b = retriever.settings.retrieval.fusion_sharpness
+    assert b > 0  # the default: soft maximum of the z-scores
+    assert results[0].score == pytest.approx(math.log(sum(
+        math.exp(b * best[f"z_{name}"]) for name in ("dense", "lexical", "latent")) / 3) / b,
+        abs=1e-3)
+    retriever.settings.retrieval.dense_guaranteed = 0
+    plain = retriever.search("Quand la Thaïlande a-t-elle adhéré ?", k=5)
+    assert [r.score for r in plain] == sorted((r.score for r in plain), reverse=True)
+
+
+def test_dense_best_always_in_the_first_five(retriever):
+    r = retriever.settings.retrieval
+    r.lexical_weight = r.latent_weight = 20.0  # the dense vote alone cannot place anything
+    for question in ("Quand la Thaïlande a-t-elle adhéré ?", "réunions annuelles",
+                     "coopération économique", "sécurité"):
+        runs, *_ = retriever.runs(question, r.candidates)
+        dense_best = [pid for pid, _ in runs["dense"][:2]]
+        assert set(dense_best) <= set(ids(retriever.search(question, k=10)[:5])), question
+        assert set(dense_best) <= set(ids(retriever.search(question, k=2)))
+    r.dense_guaranteed = 0
+    runs, *_ = retriever.runs("sécurité", r.candidates)
+    unguarded = ids(retriever.search("sécurité", k=10))
+    r.dense_guaranteed = 2
+    guarded = ids(retriever.search("sécurité", k=10))
+    assert sorted(unguarded) == sorted(guarded)  # same passages, at most reordered
 
 
 def test_document_and_section_filters(retriever):
