@@ -3,8 +3,8 @@
 question -> dense top n (Chroma) + BM25 top n + latent-term top n (the derived index,
 ``qa_app.lexical``) -> each retriever's scores standardised over its own n candidates ->
 weighted soft maximum of the z-scores (``fusion.zscore_fusion``) -> the dense model's best
-``retrieval.dense_guaranteed`` moved into the first 5 if fusion left them out -> top k. Filters: documents
-(``sources``) and headings (``sections``: a heading path or any parent of it).
+``retrieval.dense_guaranteed`` moved into the first 5 if fusion left them out -> top k.
+Filters: documents (``sources``) and headings (``sections``: a heading path or any parent).
 
 Weights depend on the question's language: when it is not the corpus's (an English
 question over French documents), BM25 matches little but names and weighs less; the dense
@@ -96,10 +96,10 @@ class Retriever:
         e.g. "Annexe" or "Annexe > II. Coopération"). Each result's ``scores`` holds the
         raw score of every retriever that found it (``dense`` is a cosine, ``latent_cos``
         the latent-term cosine) and its z-scores (``z_dense``...)."""
-        k = k or self.settings.retrieval.top_k
-        runs, weights, hits, index, cosines = self.runs(
-            question, max(self.settings.retrieval.candidates, k), sources, sections)
         r = self.settings.retrieval
+        k = k or r.top_k
+        runs, weights, hits, index, cosines = self.runs(
+            question, max(r.candidates, k), sources, sections)
         fused = zscore_fusion(runs, weights, r.fusion_sharpness)
         if r.dense_guaranteed and runs.get("dense"):
             by_id = {item[0]: item for item in fused}
