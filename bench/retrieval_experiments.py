@@ -7,9 +7,9 @@ usage: .venv/bin/python bench/retrieval_experiments.py [--dataset FILE ...] [--a
 Ingests the seeds into DIR (default /tmp/qa-retrieval-exp) with an embedder whose vectors
 (dense and latent terms) are cached on disk by text hash, so a rerun after a change of
 retrieval code costs seconds, not a full ingest. Then runs the real ``Retriever`` on each
-dataset (default eval/dev.jsonl and two sets of our own that no setting was tuned on:
-bench/retrieval_questions.jsonl and bench/heldout_questions.jsonl, the latter written
-without sight of the dev set or the system) and scores it with eval/score.py.
+dataset (default eval/dev.jsonl and two sets of our own: bench/retrieval_questions.jsonl
+and bench/heldout_questions.jsonl, the latter written without sight of the dev set or the
+system; the fusion settings were chosen on all three) and scores it with eval/score.py.
 
 --ablations  the same questions with one retriever or feature turned off, and RRF
 --latency    median/p95 of Retriever.search with the real (uncached) embedder

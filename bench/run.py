@@ -246,9 +246,10 @@ def cached_sparse(cache: Path, encoder, texts: list[str], top_k: int) -> list:
         if str(got["key"]) == key:
             bounds = got["offsets"]
             return [(got["feats"][a:b], got["vals"][a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    from qa_app.latent import encode_texts
+
     log(f"encoding the latent terms of {len(texts)} pool sentences once (cached in {cache})…")
-    many = getattr(encoder, "encode_many", None)
-    out = many(texts, top_k) if callable(many) else [encoder.encode(t, top_k) for t in texts]
+    out = encode_texts(encoder, texts, top_k)
     offsets = np.cumsum([0] + [len(i) for i, _ in out])
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(path, key=key, offsets=offsets, feats=np.concatenate([i for i, _ in out]),

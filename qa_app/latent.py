@@ -95,6 +95,15 @@ def encode_each(encoder: LatentEncoder, texts: list[str], top_k: int,
     return out
 
 
+def encode_texts(encoder: LatentEncoder, texts: list[str], top_k: int,
+                 progress: Callable[[int], None] | None = None) -> list[SparseVector]:
+    """Passages' vectors, batched when the encoder can (``encode_many``), else one at a time."""
+    many = getattr(encoder, "encode_many", None)
+    if callable(many):
+        return many(texts, top_k, progress)
+    return encode_each(encoder, texts, top_k, progress)
+
+
 def latent_encoder(embedder) -> LatentEncoder | None:
     """The latent-term encoder of an embedder, or None when its model has no sparse head.
     An embedder may provide its own with a ``latent_encoder()`` method (test doubles,
@@ -161,9 +170,7 @@ class LatentMatrix:
                 if progress and n:
                     progress(done, len(todo))
 
-            many = getattr(encoder, "encode_many", None)
-            got = (many(list(todo.values()), PASSAGE_TERMS, step) if callable(many)
-                   else encode_each(encoder, list(todo.values()), PASSAGE_TERMS, step))
+            got = encode_texts(encoder, list(todo.values()), PASSAGE_TERMS, step)
             known.update(zip(todo, got))
         vectors = [known[k] for k in keys]
         return cls(vectors, keys, encoder.encoder_id)
