@@ -32,7 +32,6 @@ from .similarity import score, terms
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "llm", "extractive")
-RANK_PRIOR = 0.1  # a sentence of the top passage gets this bonus, of the n-th passage 1/n of it
 MIN_SENTENCE_CHARS = 20  # headings and signatures are not answers
 LIST_CHARS = 800  # a lead-in ending in ":" brings the list after it, up to this length
 PROMPT_MARGIN_TOKENS = 64  # slack for chat-template tokens the estimate does not see
@@ -195,7 +194,10 @@ class Answerer:
         owners = [owner for owner, _ in units]
         sentences = [sentence for _, sentence in units]
         totals = score([question], sentences, self.embedder, lang).combined[0]
-        totals = totals + [RANK_PRIOR / (p + 1) for p, _ in owners]
+        # The retriever ranks passages better than word overlap ranks sentences: a sentence
+        # of the n-th passage gets answer.rank_prior / n on top of its own score.
+        prior = self.settings.answer.rank_prior
+        totals = totals + [prior / (p + 1) for p, _ in owners]
         picked, seen = [], set()
         for j in sorted(range(len(sentences)), key=lambda j: -totals[j]):
             key = frozenset(terms(sentences[j])) or sentences[j]

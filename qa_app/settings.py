@@ -106,6 +106,7 @@ class AnswerSettings(_Section):
     context_passages: int = Field(6, ge=1, le=50)
     context_budget_tokens: int = Field(3000, ge=100)
     extractive_sentences: int = Field(3, ge=1, le=20)
+    rank_prior: float = Field(1.0, ge=0)
     max_question_chars: int = Field(2000, ge=10)
 
 

@@ -160,6 +160,19 @@ def test_extractive_keeps_document_order_and_deduplicates():
     assert answer.notice == "Extractive answer: no language model was used."
 
 
+def test_extractive_prefers_the_retrievers_top_passage():
+    # Word overlap alone prefers the second passage's sentence (0.57 vs 0.43); the rank
+    # prior (answer.rank_prior) lets the retriever's first choice win.
+    question = "Quelle journée commémore la sécurité énergétique ?"
+    answerer = make_answerer()
+    answerer.settings.answer.extractive_sentences = 1
+    passages = scored(ENERGY, CICA_DAY)
+    assert answerer.settings.answer.rank_prior == 1.0
+    assert [c.marker for c in answerer.answer(question, passages).citations] == [1]
+    answerer.settings.answer.rank_prior = 0.0
+    assert [c.marker for c in answerer.answer(question, passages).citations] == [2]
+
+
 def test_extractive_lead_in_brings_its_list():
     text = ("Les États membres ont examiné les mesures de confiance dans le cadre des rubriques "
             "suivantes :\n1. Économie;\n2. Environnement;\n3. Action humanitaire.")
