@@ -163,6 +163,31 @@ def loo_threshold(rows: list[tuple[float, bool]]) -> tuple[int, int]:
     return wrong, caught
 
 
+DATASETS = [str(ROOT / "eval" / "dev.jsonl"), str(ROOT / "bench" / "retrieval_questions.jsonl"),
+            str(ROOT / "bench" / "heldout_questions.jsonl")]
+
+
+def setup(config: str, data: str):
+    """The seeds ingested into DATA with the caching embedder: (settings, the real
+    embedder, the caching one, the store, a Retriever with its derived index built)."""
+    from ingest.indexer import Indexer
+
+    settings = load_settings(config, environ={})
+    settings.data_dir = Path(data) / "data"
+    real = make_embedder(settings.embedding.model, settings.embedding.threads)
+    emb = CachingEmbedder(real, Path(data) / f"vectors-{real.model_id.replace(':', '_')}.pkl")
+    store = PassageStore(settings, emb.model_id, emb.dim)
+    t0 = time.perf_counter()
+    report = Indexer(settings, emb, store).run(ROOT / "seeds", progress=False)
+    emb.save()
+    print(f"ingest: {report.total_passages} passages, {time.perf_counter() - t0:.1f} s "
+          f"({report.embedded} embedded)")
+    retriever = Retriever(settings, emb, store)
+    retriever.lexical()
+    emb.save()
+    return settings, real, emb, store, retriever
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(ROOT / "config" / "settings.yaml"))
@@ -173,25 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="latency rounds over the questions")
     args = ap.parse_args(argv)
 
-    from ingest.indexer import Indexer
-
-    settings = load_settings(args.config, environ={})
-    settings.data_dir = Path(args.data) / "data"
-    real = make_embedder(settings.embedding.model, settings.embedding.threads)
-    emb = CachingEmbedder(real, Path(args.data) / f"vectors-{real.model_id.replace(':', '_')}.pkl")
-    store = PassageStore(settings, emb.model_id, emb.dim)
-    t0 = time.perf_counter()
-    report = Indexer(settings, emb, store).run(ROOT / "seeds", progress=False)
-    emb.save()
-    print(f"ingest: {report.total_passages} passages, {time.perf_counter() - t0:.1f} s "
-          f"({report.embedded} embedded)")
-    retriever = Retriever(settings, emb, store)
-    retriever.lexical()
-    emb.save()
+    settings, real, emb, store, retriever = setup(args.config, args.data)
     scorer = load_scorer()
-    datasets = args.dataset or [str(ROOT / "eval" / "dev.jsonl"),
-                                str(ROOT / "bench" / "retrieval_questions.jsonl"),
-                                str(ROOT / "bench" / "heldout_questions.jsonl")]
+    datasets = args.dataset or DATASETS
     all_results = []
     for path in datasets:
         questions = load_dataset(Path(path))
