@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
 
-from .citations import resolve_citations, split_sentences
+from .citations import passage_sentences, resolve_citations
 from .language import detect_language
 from .llm import LLMClient, LLMError
 from .prompting import (
@@ -186,7 +186,7 @@ class Answerer:
         start = perf_counter()
         context = passages[: self.settings.answer.context_passages]
         units = [((p, s), sentence) for p, sp in enumerate(context)
-                 for s, sentence in enumerate(split_sentences(sp.passage.text))]
+                 for s, sentence in enumerate(passage_sentences(sp.passage))]
         # Headings and signatures are not answers, unless there is nothing else.
         units = [u for u in units if len(u[1]) >= MIN_SENTENCE_CHARS] or units
         if not units:
@@ -213,7 +213,7 @@ class Answerer:
         for p, js in by_passage.items():
             citations.append(Citation(marker=p + 1, passage=context[p].passage,
                                       support=sentences[js[0]]))
-            all_sentences = split_sentences(context[p].passage.text)
+            all_sentences = passage_sentences(context[p].passage)
             for s in sorted(owners[j][1] for j in js):
                 if (p, s) in shown:  # already there as a list item
                     continue

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from .schema import Citation, ScoredPassage
+from .schema import Citation, Passage, ScoredPassage
 from .similarity import Scores, score
 
 # [1], [1, 3], [1;2], [2-4], [2–4], [passage 2], [Source 1, 3]; 1-3 digits, so years are not
@@ -24,6 +24,7 @@ MAX_RANGE = 20  # [1-999] is not a citation of 999 passages
 MIN_LEXICAL = 0.35  # share of an answer sentence's words found in a passage sentence
 MIN_Z = 2.0  # or a cosine this many standard deviations above the other candidates'
 MIN_CLAIM_CHARS = 12  # shorter fragments ("Oui.") are not attributed
+MIN_HEADING_CHARS = 20  # compared with a passage's first line to spot its heading
 
 _ABBREVIATIONS = frozenset(
     """m mm mme mmes mlle mlles mr mrs ms dr pr prof st ste art arts al cf chap ch p pp par
@@ -64,6 +65,19 @@ def split_sentences(text: str) -> list[str]:
     """Sentences of French or English text; abbreviations (S.E. M., art. 3, p. 12), initials
     (Kh., B.) and a leading paragraph number ("23. Nous ...") do not end a sentence."""
     return [text[a:b] for a, b in sentence_spans(text)]
+
+
+def passage_sentences(passage: Passage) -> list[str]:
+    """The sentences of a passage, the heading line it may open with as one of its own (a
+    letter's title line would otherwise run into its first sentence, as PDF text has no
+    blank line after it). Each is a substring of the passage's text."""
+    sentences = split_sentences(passage.text)
+    heading = passage.section.split(" > ")[-1].rstrip("…").strip()
+    if sentences and heading and sentences[0].startswith(heading[:MIN_HEADING_CHARS]):
+        first, _, rest = sentences[0].partition("\n")
+        if rest.strip() and (heading.startswith(first.strip()) or first.startswith(heading)):
+            sentences[:1] = [first.strip(), rest.strip()]
+    return sentences
 
 
 def _blocks(text: str) -> list[tuple[int, int]]:
@@ -129,7 +143,7 @@ def resolve_citations(
     citations = []
     for n, texts in claims.items():
         passage = used_passages[n - 1].passage
-        sentences = split_sentences(passage.text) or [passage.text]
+        sentences = passage_sentences(passage) or [passage.text]
         scores = score(texts, sentences, embed)
         best = int(scores.combined.max(axis=0).argmax())
         citations.append(Citation(marker=n, passage=passage, support=sentences[best]))
@@ -170,7 +184,7 @@ def _infer(text: str, used: list[ScoredPassage], embed) -> tuple[list[Citation],
     owners: list[tuple[int, int]] = []  # (passage index, sentence index) per candidate
     candidates: list[str] = []
     for p, sp in enumerate(used):
-        for s, sentence in enumerate(split_sentences(sp.passage.text) or [sp.passage.text]):
+        for s, sentence in enumerate(passage_sentences(sp.passage) or [sp.passage.text]):
             owners.append((p, s))
             candidates.append(sentence)
     if not spans or not candidates:

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
-from qa_app.citations import parse_markers, resolve_citations, split_sentences
-from tests.passages import CICA_DAY, ENERGY, LETTER, TERRORISM, scored
+from qa_app.citations import parse_markers, passage_sentences, resolve_citations, split_sentences
+from tests.passages import CICA_DAY, ENERGY, LETTER, TERRORISM, make_passage, scored
+
+TITLE = ("Lettre datée du 3 octobre 2007, adressée au Secrétaire général par la Représentante "
+         "permanente du Kazakhstan auprès de l’Organisation des Nations Unies")
+BODY = ("D’ordre de mon gouvernement, j’ai l’honneur de demander que soit inscrite une question "
+        "additionnelle. Un mémoire explicatif est joint.")
 
 
 def numbers(text: str) -> list[int]:
@@ -47,6 +54,20 @@ def test_split_sentences_paragraph_number_markers_and_lists():
         "C'est prioritaire. [1]", "Le 5 octobre est la Journée [2]."]
     assert split_sentences("Rubriques suivantes :\n1. Économie;\n2. Environnement.") == [
         "Rubriques suivantes :", "1. Économie;", "2. Environnement."]
+
+
+def test_a_heading_line_is_a_sentence_of_its_own():
+    passage = replace(make_passage(f"{TITLE}\n{BODY}"), section=f"Lettres > {TITLE}")
+    assert split_sentences(passage.text)[0] == f"{TITLE}\n{BODY.split('. ')[0]}."
+    assert passage_sentences(passage) == [TITLE, BODY.split(". ")[0] + ".",
+                                          "Un mémoire explicatif est joint."]
+    # a heading cut short in the section path (…) is still recognised
+    cut = replace(passage, section=TITLE[:60] + "…")
+    assert passage_sentences(cut)[0] == TITLE
+    # no heading, or a first line that is not the heading: the sentences as they are
+    for other in (replace(passage, section=""), replace(passage, section="Annexe")):
+        assert passage_sentences(other) == split_sentences(other.text)
+    assert all(s in passage.text for s in passage_sentences(passage))
 
 
 def test_valid_markers_get_the_supporting_sentence():
