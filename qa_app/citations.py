@@ -24,7 +24,6 @@ MAX_RANGE = 20  # [1-999] is not a citation of 999 passages
 MIN_LEXICAL = 0.35  # share of an answer sentence's words found in a passage sentence
 MIN_Z = 2.0  # or a cosine this many standard deviations above the other candidates'
 MIN_CLAIM_CHARS = 12  # shorter fragments ("Oui.") are not attributed
-MIN_HEADING_CHARS = 20  # compared with a passage's first line to spot its heading
 
 _ABBREVIATIONS = frozenset(
     """m mm mme mmes mlle mlles mr mrs ms dr pr prof st ste art arts al cf chap ch p pp par
@@ -72,10 +71,9 @@ def passage_sentences(passage: Passage) -> list[str]:
     letter's title line would otherwise run into its first sentence, as PDF text has no
     blank line after it). Each is a substring of the passage's text."""
     sentences = split_sentences(passage.text)
-    heading = passage.section.split(" > ")[-1].rstrip("…").strip()
-    if sentences and heading and sentences[0].startswith(heading[:MIN_HEADING_CHARS]):
+    if sentences and passage.opening_heading:
         first, _, rest = sentences[0].partition("\n")
-        if rest.strip() and (heading.startswith(first.strip()) or first.startswith(heading)):
+        if rest.strip():
             sentences[:1] = [first.strip(), rest.strip()]
     return sentences
 

@@ -52,11 +52,18 @@ class Passage:
             parts.append(f"p. {self.page}")
         return ", ".join(parts)
 
+    @property
+    def opening_heading(self) -> str:
+        """The last heading of the section path when the text opens with it (a letter's
+        title line; a heading cut short with "…" counts), else ""."""
+        heading = self.section.split(" > ")[-1].rstrip("…")
+        return heading if heading and self.text.startswith(heading) else ""
+
     def embedding_text(self) -> str:
         """What is embedded: the passage with its document and section as context (a heading
         that the passage itself opens with is not repeated)."""
         section = self.section.split(" > ")
-        if section and self.text.startswith(section[-1].rstrip("…")):
+        if self.opening_heading:
             section.pop()
         header = " — ".join(x for x in (self.title, " > ".join(section)) if x)
         return f"{header}\n{self.text}" if header else self.text
